@@ -1,0 +1,296 @@
+"""Private network namespaces for tests, and processes running inside them.
+
+Every integration test builds its own little world: a namespace for the server, more
+for clients, veth links between them. Nothing here touches the host's own namespace,
+and everything made is removed in ``finally`` blocks, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import trio
+
+REPO = Path(__file__).resolve().parent.parent
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+_counter = itertools.count()
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """A short set-up command (``ip ...``); its output is returned, failures raise."""
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}"
+        )
+    return result
+
+
+class LineLog:
+    """Lines a process writes, with a way to wait for one that matches."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.lines: list[str] = []
+        self._changed = trio.Event()
+        self.closed = False
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self._changed.set()
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def find(self, pattern: str, start: int = 0) -> re.Match[str] | None:
+        rx = re.compile(pattern)
+        for line in self.lines[start:]:
+            m = rx.search(line)
+            if m:
+                return m
+        return None
+
+    async def wait_for(self, pattern: str, timeout: float = 15.0, start: int = 0) -> re.Match[str]:
+        rx = re.compile(pattern)
+        seen = start
+        with trio.move_on_after(timeout):
+            while True:
+                for line in self.lines[seen:]:
+                    m = rx.search(line)
+                    if m:
+                        return m
+                seen = len(self.lines)
+                if self.closed:
+                    break
+                await self._changed.wait()
+        raise AssertionError(
+            f"{self.label}: no line matching {pattern!r} within {timeout} s; output so far:\n"
+            + self.text()[-4000:]
+        )
+
+
+class NsProcess:
+    """A process started in a namespace, with its stderr (and stdout) collected."""
+
+    def __init__(self, proc: trio.Process, log: LineLog) -> None:
+        self.proc = proc
+        self.log = log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send_signal(self, sig: int) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 20.0) -> int:
+        with trio.fail_after(timeout):
+            code = await self.proc.wait()
+        # Let the reader collect the last lines.
+        with trio.move_on_after(2):
+            while not self.log.closed:
+                await trio.sleep(0.01)
+        return code
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        self.send_signal(sig)
+        return await self.wait(timeout)
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+
+class NetNS:
+    """One network namespace made by a test."""
+
+    def __init__(self, name: str, nursery: trio.Nursery) -> None:
+        self.name = name
+        self._nursery = nursery
+        self.processes: list[NsProcess] = []
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run("ip", "-n", self.name, *args, check=check)
+
+    def links(self) -> list[str]:
+        out = self.ip("-o", "link", "show").stdout
+        return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+    async def start(
+        self, argv: Sequence[str], label: str | None = None, env: dict[str, str] | None = None
+    ) -> NsProcess:
+        """Run ``argv`` inside this namespace in the background, collecting its output."""
+        full_env = dict(os.environ)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+        if env:
+            full_env.update(env)
+        proc = await trio.lowlevel.open_process(
+            ["ip", "netns", "exec", self.name, *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+        )
+        log = LineLog(label or argv[0])
+        nsproc = NsProcess(proc, log)
+        self.processes.append(nsproc)
+        self._nursery.start_soon(_pump, proc, log)
+        return nsproc
+
+    async def start_wsnic(self, *args: str, ready: bool = True) -> NsProcess:
+        """Start the server in this namespace; by default wait until it says it is ready."""
+        proc = await self.start([sys.executable, "-m", "wsnic_trio", *args], label="wsnic-trio")
+        if ready:
+            await proc.log.wait_for(r"INFO ready: ", timeout=30)
+        return proc
+
+    async def exec(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        """Run a command inside the namespace to completion."""
+        with trio.fail_after(timeout):
+            return await trio.run_process(
+                ["ip", "netns", "exec", self.name, *argv],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+
+    def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> socket.socket:
+        """A socket that belongs to this namespace (made by a thread that visits it)."""
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            _setns(target)
+            try:
+                return socket.socket(family, type)
+            finally:
+                _setns(own)
+        finally:
+            os.close(own)
+            os.close(target)
+
+    async def connect_tcp(self, host: str, port: int) -> trio.SocketStream:
+        def make() -> socket.socket:
+            sock = self.socket()
+            sock.settimeout(10)
+            try:
+                sock.connect((host, port))
+            except BaseException:
+                sock.close()
+                raise
+            sock.setblocking(False)
+            return sock
+
+        sock = await trio.to_thread.run_sync(make)
+        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+
+
+async def _pump(proc: trio.Process, log: LineLog) -> None:
+    assert proc.stdout is not None
+    buf = b""
+    try:
+        while True:
+            chunk = await proc.stdout.receive_some(65536)
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                log.add(line.decode(errors="replace"))
+    except (trio.ClosedResourceError, trio.BrokenResourceError):
+        pass
+    finally:
+        if buf:
+            log.add(buf.decode(errors="replace"))
+        log.close()
+
+
+def _kill_leftovers(name: str) -> None:
+    """SIGKILL processes still inside a namespace this test made (they are the test's own)."""
+    out = run("ip", "netns", "pids", name, check=False).stdout
+    for pid in out.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+@contextlib.asynccontextmanager
+async def netns_world(nursery: trio.Nursery) -> AsyncIterator[NsFactory]:
+    factory = NsFactory(nursery)
+    try:
+        yield factory
+    finally:
+        with trio.CancelScope(shield=True):
+            await factory.destroy()
+
+
+class NsFactory:
+    """Makes namespaces and veth links for one test, and removes them all afterwards."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.namespaces: list[NetNS] = []
+
+    def new(self, tag: str = "ns") -> NetNS:
+        name = f"wt{os.getpid()}{tag}{next(_counter)}"
+        run("ip", "netns", "add", name)
+        ns = NetNS(name, self._nursery)
+        self.namespaces.append(ns)
+        ns.ip("link", "set", "lo", "up")
+        return ns
+
+    def link(self, a: NetNS, a_addr: str, b: NetNS, b_addr: str) -> tuple[str, str]:
+        """A veth pair between two namespaces with the given CIDR addresses."""
+        n = next(_counter)
+        a_if, b_if = f"va{n}", f"vb{n}"
+        run(
+            "ip",
+            "link",
+            "add",
+            a_if,
+            "netns",
+            a.name,
+            "type",
+            "veth",
+            "peer",
+            b_if,
+            "netns",
+            b.name,
+        )
+        a.ip("addr", "add", a_addr, "dev", a_if)
+        b.ip("addr", "add", b_addr, "dev", b_if)
+        a.ip("link", "set", a_if, "up")
+        b.ip("link", "set", b_if, "up")
+        return a_if, b_if
+
+    async def destroy(self) -> None:
+        for ns in self.namespaces:
+            for proc in ns.processes:
+                if proc.proc.returncode is None:
+                    proc.proc.kill()
+                    with trio.move_on_after(10):
+                        await proc.proc.wait()
+            _kill_leftovers(ns.name)
+            run("ip", "netns", "del", ns.name, check=False)
+        self.namespaces.clear()

@@ -1,0 +1,86 @@
+"""A nonblocking stdlib socket driven by Trio's readiness waits.
+
+Trio's stream API costs a scheduler trip and a checkpoint per call; on the data path we
+want one big ``recv`` per wake-up and one ``send`` per batch, so the socket is used raw
+and we wait only when the kernel says it would block. Writers share one lock: the relay
+sends frames while the reader answers pings, and two writers on one socket would
+interleave bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import trio
+
+from wsnic_trio._exceptions import PeerTimeout
+
+__all__ = ["SocketIO"]
+
+RECV_SIZE = 256 * 1024
+
+
+class SocketIO:
+    """Raw nonblocking socket: ``recv_some`` / ``send_all`` with a stall timeout."""
+
+    def __init__(self, sock: socket.socket, *, send_stall_timeout: float) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.send_stall_timeout = send_stall_timeout
+        self._send_lock = trio.StrictFIFOLock()
+        self._closed = False
+        #: True while a send was cut off mid-way: the byte stream now ends inside a
+        #: message, so nothing more (not even a close frame) may be written.
+        self.torn = False
+
+    async def recv_some(self, size: int = RECV_SIZE) -> bytes:
+        """Bytes from the peer; ``b""`` at EOF. A reset raises ``ConnectionError``."""
+        while True:
+            try:
+                data = self.sock.recv(size)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+                continue
+            # One checkpoint per read (not per frame): keeps a flooding peer from
+            # starving the others, and lets cancellation in.
+            await trio.lowlevel.checkpoint()
+            return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send everything; a peer that accepts nothing for too long is timed out."""
+        if not data:
+            return
+        async with self._send_lock:
+            view = memoryview(data)
+            self.torn = True
+            while view:
+                try:
+                    sent = self.sock.send(view)
+                except BlockingIOError:
+                    with trio.move_on_after(self.send_stall_timeout) as scope:
+                        await trio.lowlevel.wait_writable(self.sock)
+                    if scope.cancelled_caught:
+                        raise PeerTimeout(
+                            f"peer accepted no data for {self.send_stall_timeout:g} s"
+                        ) from None
+                    continue
+                view = view[sent:]
+            self.torn = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """True for the errors a peer causes by vanishing (reset, broken pipe, timeout)."""
+    return isinstance(exc, OSError) and exc.errno in {
+        errno.ECONNRESET,
+        errno.EPIPE,
+        errno.ETIMEDOUT,
+        errno.ECONNABORTED,
+        errno.EHOSTUNREACH,
+    }

@@ -1,0 +1,121 @@
+"""What every front end hands the core: a *peer link* that moves whole Ethernet frames.
+
+The core never learns how frames are framed on the wire. A transport accepts (or dials)
+a connection, completes whatever handshake its protocol has, and gives the core a
+:class:`PeerLink`. The core then opens a TAP and relays; the link's liveness settings
+tell the core's watchdog how to notice a dead peer.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import trio
+
+if TYPE_CHECKING:
+    from wsnic_trio._config import Config
+
+__all__ = [
+    "ETH_HEADER",
+    "FrameCheck",
+    "Liveness",
+    "PeerHandler",
+    "PeerLink",
+    "Transport",
+]
+
+ETH_HEADER = 14
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameCheck:
+    """Size rules for one Ethernet frame (no FCS): header at least, MTU + 18 at most."""
+
+    max_frame: int
+
+    def problem(self, frame: bytes | bytearray | memoryview) -> str | None:
+        """The drop reason for a frame that breaks the rules, or None if it is fine."""
+        size = len(frame)
+        if size < ETH_HEADER:
+            return "runt"
+        if size > self.max_frame:
+            return "oversize"
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Liveness:
+    """How the core's watchdog judges that a peer is still there.
+
+    ``ping_interval``: after this much silence the watchdog calls ``link.ping()``.
+    ``timeout``: after this much silence the peer is dropped. None turns either off
+    (a stream peer, for instance, ends with EOF and needs no timer).
+    """
+
+    ping_interval: float | None = None
+    timeout: float | None = None
+
+
+@runtime_checkable
+class PeerLink(Protocol):
+    """One connected peer, as the core sees it."""
+
+    transport: str
+    remote: str
+    liveness: Liveness
+    #: ``trio.current_time()`` of the last bytes received from the peer.
+    last_received: float
+    #: Frames or messages the link itself dropped, by reason (runt, oversize, ...).
+    drops: collections.Counter[str]
+
+    async def receive_frames(self) -> list[bytes]:
+        """Wait for and return every complete frame available (never an empty list).
+
+        Raises :class:`~wsnic_trio.PeerClosed` at an orderly end and
+        :class:`~wsnic_trio.PeerProtocolError` when the peer breaks the wire format.
+        """
+        ...
+
+    async def send_frames(self, frames: list[bytes]) -> None:
+        """Send frames to the peer, in order, as one write where the format allows."""
+        ...
+
+    async def ping(self) -> None:
+        """Ask the peer for a sign of life (only called when ``liveness.ping_interval``)."""
+        ...
+
+    async def aclose(self, reason: BaseException | None = None) -> None:
+        """Close the link, telling the peer why where the protocol can; never raises."""
+        ...
+
+
+PeerHandler = Callable[[PeerLink], Awaitable[None]]
+
+
+class Transport(Protocol):
+    """A configured front end: binds on creation, serves peers when started."""
+
+    name: str
+
+    def describe(self) -> str:
+        """Where it listens, for the start-up log (e.g. ``ws://127.0.0.1:8086/``)."""
+        ...
+
+    async def serve(
+        self, handler: PeerHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Accept peers for ever, calling ``handler(link)`` for each in its own task."""
+        ...
+
+    def close(self) -> None:
+        """Release what binding took (sockets, socket files); safe to call twice."""
+        ...
+
+
+class TransportFactory(Protocol):
+    """The entry-point object: builds (and binds) this transport's listeners from config."""
+
+    def __call__(self, config: Config) -> list[Transport]: ...

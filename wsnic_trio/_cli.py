@@ -1,0 +1,172 @@
+"""Command line: ``wsnic-trio [OPTIONS]`` runs the server, ``wsnic-trio connect URL`` the client.
+
+Server flags are generated from :data:`wsnic_trio._config.OPTIONS`; precedence is
+built-in default < config file (``-c``) < command line. Errors the user can fix end
+with one line on stderr and exit code 2, before the host is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from . import __version__
+from ._config import OPTIONS, Config, load_config_file
+from ._connect import ConnectOptions, connect_until_signal
+from ._exceptions import ConfigError, SetupError
+from ._log import setup_logging
+from ._server import serve_until_signal
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+_MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # exit code 2 with one line, as for bad config
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="wsnic-trio",
+        description=(
+            "Run a virtual Ethernet LAN on this host: every client (v86 over WebSocket, and "
+            "VMs through the other transports) gets its own TAP device on one Linux bridge."
+        ),
+        epilog=(
+            "Config file: keys are the long option names (ws_port = 8086); a wsnic-style "
+            "'key = value' file or TOML (*.toml). Command-line options override the file. "
+            "Client tool: 'wsnic-trio connect --help'."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("-c", "--config", metavar="CFGFILE", help="read options from this file")
+    parser.add_argument("--version", action="version", version=f"wsnic-trio {__version__}")
+    defaults = Config()
+    for name, spec in OPTIONS.items():
+        default = getattr(defaults, name)
+        if spec.kind == "count":
+            parser.add_argument(*spec.flags, dest=name, action="count", help=spec.help)
+        elif spec.kind == "flag":
+            parser.add_argument(
+                *spec.flags,
+                dest=name,
+                action="store_true",
+                help=f"{spec.help} (default: {default})",
+            )
+        else:
+            parser.add_argument(
+                *spec.flags,
+                dest=name,
+                metavar=spec.metavar,
+                help=f"{spec.help} (default: {default})",
+            )
+    return parser
+
+
+def config_from_args(argv: Sequence[str]) -> Config:
+    args = vars(build_parser().parse_args(argv))
+    layers: list[tuple[str, dict[str, Any]]] = []
+    path = args.pop("config", None)
+    if path is not None:
+        layers.append((path, load_config_file(path)))
+    layers.append(("command line", args))
+    return Config.from_layers(layers)
+
+
+def build_connect_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="wsnic-trio connect",
+        description=(
+            "Create a local TAP device and relay it to a wsnic-trio server, so this host's "
+            "own network stack (ping, a DHCP client, curl, iperf3) joins the LAN. "
+            "Reconnects with backoff when the server goes away; the TAP stays up."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("url", help="server URL, e.g. ws://127.0.0.1:8086/")
+    parser.add_argument(
+        "--tap", default="wsnic%d", help="name of the local TAP (%%d: next free number)"
+    )
+    parser.add_argument("--mac", default=None, help="MAC address of the TAP (default: random)")
+    parser.add_argument("--mtu", type=int, default=1500, help="MTU of the TAP (match the server)")
+    parser.add_argument(
+        "--ping-interval", type=float, default=30.0, help="ping the server after this idle time"
+    )
+    parser.add_argument(
+        "--ping-timeout",
+        type=float,
+        default=100.0,
+        help="reconnect after this long without a sign of the server",
+    )
+    parser.add_argument(
+        "--retry-max", type=float, default=10.0, help="longest wait between reconnect attempts"
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="exit when the connection ends instead of reconnecting"
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="log less")
+    return parser
+
+
+def _connect_options(argv: Sequence[str]) -> tuple[ConnectOptions, int, int]:
+    args = build_connect_parser().parse_args(argv)
+    if args.mac is not None and not _MAC.match(args.mac):
+        raise ConfigError(f"--mac {args.mac!r} is not a MAC address like 02:00:00:00:00:01")
+    if args.mac is not None and int(args.mac[:2], 16) & 1:
+        raise ConfigError(f"--mac {args.mac} is a multicast address; use a unicast one")
+    if not 68 <= args.mtu <= 65520:
+        raise ConfigError(f"--mtu {args.mtu} is outside 68-65520")
+    if not args.url.startswith("ws://"):
+        raise ConfigError(f"unsupported URL {args.url!r}: expected ws://HOST:PORT/PATH")
+    if args.ping_timeout <= args.ping_interval:
+        raise ConfigError("--ping-timeout must be longer than --ping-interval")
+    opts = ConnectOptions(
+        url=args.url,
+        tap=args.tap,
+        mac=args.mac,
+        mtu=args.mtu,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
+        retry_max=args.retry_max,
+        once=args.once,
+    )
+    return opts, args.verbose, args.quiet
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["connect"]:
+            opts, verbose, quiet = _connect_options(argv[1:])
+            setup_logging(verbose, quiet, "wsnic-trio-connect")
+            trio.run(connect_until_signal, opts)
+        else:
+            config = config_from_args(argv)
+            setup_logging(config.verbose, config.quiet)
+            trio.run(serve_until_signal, config)
+    except (ConfigError, SetupError) as exc:
+        print(f"wsnic-trio: error: {exc}", file=sys.stderr)
+        return 2
+    except BaseExceptionGroup as group:
+        user_errors, _ = group.split((ConfigError, SetupError))
+        if user_errors is None:
+            raise
+        print(f"wsnic-trio: error: {_first_leaf(user_errors)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -1,0 +1,103 @@
+"""``wsnic-trio connect``: plug a local TAP into a remote wsnic-trio LAN.
+
+The TAP lives for the whole run, across reconnects, so the local network stack (its
+address, routes, a DHCP client) survives a server restart; only the relay behind it is
+re-dialled, with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+
+import trio
+
+from transports.base import FrameCheck, Liveness
+from transports.websocket import dial_websocket
+
+from . import _netlink
+from ._exceptions import PeerError, SetupError
+from ._relay import RelayStats, relay
+from ._tap import TapDevice
+
+__all__ = ["ConnectOptions", "run_connect"]
+
+log = logging.getLogger("wsnic_trio.connect")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectOptions:
+    url: str
+    tap: str = "wsnic%d"
+    mac: str | None = None
+    mtu: int = 1500
+    ping_interval: float = 30.0
+    ping_timeout: float = 100.0
+    retry_min: float = 0.5
+    retry_max: float = 10.0
+    once: bool = False
+
+
+async def _session(opts: ConnectOptions, tap: TapDevice) -> None:
+    check = FrameCheck(opts.mtu + 18)
+    link = await dial_websocket(
+        opts.url,
+        check=check,
+        liveness=Liveness(ping_interval=opts.ping_interval, timeout=opts.ping_timeout),
+    )
+    stats = RelayStats()
+    log.info("connected to %s; relaying %s", opts.url, tap.name)
+    reason: BaseException | None = None
+    try:
+        await relay(link, tap, check, stats)
+    except* (PeerError, OSError) as group:
+        reason = group.exceptions[0]
+        raise
+    finally:
+        log.info("disconnected from %s (%s): %s", opts.url, reason or "stopping", stats.summary())
+        await link.aclose(reason)
+
+
+async def run_connect(
+    opts: ConnectOptions, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    fd, name = await trio.to_thread.run_sync(_netlink.create_tap, opts.tap, opts.mtu, opts.mac)
+    tap = TapDevice(fd, name)
+    log.info("TAP %s is up (MTU %d)", name, opts.mtu)
+    task_status.started(name)
+    delay = opts.retry_min
+    try:
+        while True:
+            started = trio.current_time()
+            try:
+                await _session(opts, tap)
+            except* SetupError:
+                raise
+            except* (PeerError, OSError, trio.TooSlowError) as group:
+                log.warning("connection to %s ended: %s", opts.url, group.exceptions[0])
+            if opts.once:
+                return
+            if trio.current_time() - started > 10 * opts.retry_max:
+                delay = opts.retry_min
+            log.info("reconnecting in %.1f s", delay)
+            await trio.sleep(delay)
+            delay = min(opts.retry_max, delay * 2) if math.isfinite(delay) else opts.retry_max
+    finally:
+        tap.close()
+
+
+async def connect_until_signal(opts: ConnectOptions) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def main() -> None:
+                await run_connect(opts)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(main)
+            async for signum in signals:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break

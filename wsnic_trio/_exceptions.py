@@ -1,0 +1,56 @@
+"""Errors of wsnic-trio, split by who is at fault and what happens next.
+
+WsnicError
+├── ConfigError        the user's settings are unusable: one line on stderr, exit code 2
+├── SetupError         the host refused to give us something (a device name is taken,
+│                      a port is in use, /dev/net/tun is missing): exit code 2, host restored
+└── PeerError          one peer misbehaved or went away: that peer alone is closed
+    ├── PeerClosed     orderly end (EOF, WebSocket close)
+    ├── PeerTimeout    no sign of life within the configured time
+    └── PeerProtocolError  the peer broke the wire format; ``close_code`` says how to
+                           tell a WebSocket peer why
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "PeerClosed",
+    "PeerError",
+    "PeerProtocolError",
+    "PeerTimeout",
+    "SetupError",
+    "WsnicError",
+]
+
+
+class WsnicError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(WsnicError):
+    """Settings that cannot work; raised before the host is touched."""
+
+
+class SetupError(WsnicError):
+    """The host could not give us a resource we need to run."""
+
+
+class PeerError(WsnicError):
+    """Something ended one peer; never escapes that peer's nursery."""
+
+
+class PeerClosed(PeerError):
+    """The peer ended the connection in an orderly way."""
+
+
+class PeerTimeout(PeerError):
+    """The peer showed no sign of life in time."""
+
+
+class PeerProtocolError(PeerError):
+    """The peer sent something its wire format does not allow."""
+
+    def __init__(self, message: str, close_code: int = 1002) -> None:
+        super().__init__(message)
+        self.close_code = close_code

@@ -1,0 +1,114 @@
+"""The virtual LAN: a bridge the server owns, and TAP ports handed out to peers.
+
+``Lan`` is an object, not module state, so one server can later run several LANs (a LAN
+per URL path or per listener). It is an async context manager: entering creates the
+bridge (after clearing what a killed earlier run left behind), leaving removes it, even
+when the body failed or was cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+
+import trio
+
+from . import _netlink
+from ._config import Config
+from ._exceptions import SetupError
+from ._tap import TapDevice
+
+__all__ = ["Lan", "pid_is_wsnic"]
+
+log = logging.getLogger("wsnic_trio.lan")
+
+# Locally administered, unicast: 02:xx. "ws" in the next two bytes for recognisability.
+BRIDGE_MAC = "02:77:73:00:00:01"
+_CLEANUP_TIMEOUT = 10.0
+
+
+def pid_is_wsnic(pid: int) -> bool:
+    """True when ``pid`` is a live wsnic-trio process (not merely a reused pid)."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"wsnic" in cmdline
+
+
+class Lan:
+    """One bridge with its subnet, plus the TAPs attached to it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.bridge = config.bridge
+        self.address = ipaddress.IPv4Interface(f"{config.bridge_address}/{config.subnet.prefixlen}")
+        self._created = False
+
+    async def __aenter__(self) -> Lan:
+        await trio.to_thread.run_sync(self._create)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with trio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+            await trio.to_thread.run_sync(self._remove)
+
+    def _create(self) -> None:
+        existing = _netlink.find_link(self.bridge)
+        if existing is not None:
+            owner = _netlink.parse_owner(existing.alias)
+            if owner is None:
+                raise SetupError(
+                    f"a device named {self.bridge} already exists and was not created by "
+                    f"wsnic-trio; choose another name with --bridge or remove it"
+                )
+            if pid_is_wsnic(owner):
+                raise SetupError(
+                    f"bridge {self.bridge} belongs to a running wsnic-trio (pid {owner}); "
+                    f"stop it first or choose another name with --bridge"
+                )
+            _netlink.delete_link(self.bridge)
+            log.warning(
+                "removed bridge %s left behind by an earlier run (pid %s) that did not stop"
+                " cleanly",
+                self.bridge,
+                owner,
+            )
+        _netlink.create_bridge(
+            self.bridge, BRIDGE_MAC, self.address, self.config.mtu, _netlink.owner_alias("bridge")
+        )
+        self._created = True
+        log.info("bridge %s up with %s (MTU %d)", self.bridge, self.address, self.config.mtu)
+
+    def _remove(self) -> None:
+        if self._created and _netlink.delete_link(self.bridge):
+            log.info("bridge %s removed", self.bridge)
+        self._created = False
+
+    @contextlib.asynccontextmanager
+    async def open_tap(self) -> AsyncIterator[TapDevice]:
+        """A fresh TAP on the bridge for one peer; it is deleted when the block ends."""
+        fd, name = await trio.to_thread.run_sync(
+            _netlink.create_tap_on_bridge,
+            self.config.tap_prefix + "%d",
+            self.bridge,
+            self.config.mtu,
+            _netlink.owner_alias("tap"),
+        )
+        tap = TapDevice(fd, name)
+        try:
+            yield tap
+        finally:
+            tap.close()

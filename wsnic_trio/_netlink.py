@@ -1,0 +1,174 @@
+"""Every netlink call of the server, as plain blocking functions for worker threads.
+
+pyroute2's sync ``IPRoute`` keeps per-thread state, so each function opens its own
+socket (``with IPRoute()``) and never shares it across Trio's thread cache. Callers run
+these through ``trio.to_thread.run_sync``; none of them is on the per-frame path.
+
+Devices we create carry an ``ifalias`` that starts with :data:`ALIAS_PREFIX` and names
+the creating process, so a later run can tell its own leftovers from a device that
+belongs to somebody else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import os
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ._exceptions import SetupError
+from ._tap import open_tap_fd
+
+__all__ = [
+    "ALIAS_PREFIX",
+    "LinkInfo",
+    "create_bridge",
+    "create_tap_on_bridge",
+    "delete_link",
+    "find_link",
+    "owner_alias",
+    "parse_owner",
+]
+
+ALIAS_PREFIX = "wsnic-trio"
+
+
+def owner_alias(role: str, pid: int | None = None) -> str:
+    """The ifalias that marks a device as created by this process."""
+    return f"{ALIAS_PREFIX} {role} pid={os.getpid() if pid is None else pid}"
+
+
+def parse_owner(alias: str | None) -> int | None:
+    """The owning pid of one of our devices, or None when the alias is not ours."""
+    if not alias or not alias.startswith(ALIAS_PREFIX + " "):
+        return None
+    for word in alias.split():
+        if word.startswith("pid="):
+            try:
+                return int(word[4:])
+            except ValueError:
+                return 0
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkInfo:
+    index: int
+    name: str
+    kind: str | None
+    alias: str | None
+    master: int | None
+
+
+def _info(msg: object) -> LinkInfo:
+    get = msg.get  # type: ignore[attr-defined]
+    linkinfo = get("IFLA_LINKINFO")
+    kind = linkinfo.get("IFLA_INFO_KIND") if linkinfo is not None else None
+    return LinkInfo(
+        index=int(get("index")),
+        name=str(get("IFLA_IFNAME")),
+        kind=kind,
+        alias=get("IFLA_IFALIAS"),
+        master=get("IFLA_MASTER"),
+    )
+
+
+def find_link(name: str) -> LinkInfo | None:
+    with IPRoute() as ipr:
+        try:
+            msgs = ipr.get_links(ifname=name)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+        return _info(msgs[0]) if msgs else None
+
+
+def delete_link(name: str) -> bool:
+    """Delete a link by name; False when it was already gone."""
+    with IPRoute() as ipr:
+        try:
+            ipr.link("del", ifname=name)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return False
+            raise
+    return True
+
+
+def create_bridge(
+    name: str, mac: str, address: ipaddress.IPv4Interface, mtu: int, alias: str
+) -> None:
+    """Create the LAN's bridge with its address and bring it up (STP off, no forward delay)."""
+    with IPRoute() as ipr:
+        try:
+            ipr.link(
+                "add",
+                ifname=name,
+                kind="bridge",
+                address=mac,
+                mtu=mtu,
+                br_stp_state=0,
+                br_forward_delay=0,
+            )
+        except NetlinkError as exc:
+            raise SetupError(f"cannot create bridge {name}: {os.strerror(exc.code)}") from None
+        index = ipr.link_lookup(ifname=name)[0]
+        ipr.link("set", index=index, ifalias=alias)
+        ipr.addr(
+            "add",
+            index=index,
+            address=str(address.ip),
+            prefixlen=address.network.prefixlen,
+            broadcast=str(address.network.broadcast_address),
+        )
+        ipr.link("set", index=index, state="up")
+
+
+def create_tap_on_bridge(
+    pattern: str, bridge: str, mtu: int, alias: str, mac: str | None = None
+) -> tuple[int, str]:
+    """Create a TAP, attach it to ``bridge`` and bring it up; returns (fd, name).
+
+    If attaching fails the fd is closed, which deletes the TAP again.
+    """
+    fd, name = open_tap_fd(pattern)
+    try:
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=name)[0]
+            master = ipr.link_lookup(ifname=bridge)
+            if not master:
+                raise SetupError(f"bridge {bridge} is gone")
+            settings: dict[str, object] = {"mtu": mtu, "ifalias": alias}
+            if mac is not None:
+                settings["address"] = mac
+            ipr.link("set", index=index, **settings)
+            ipr.link("set", index=index, master=master[0])
+            ipr.link("set", index=index, state="up")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, name
+
+
+def create_tap(pattern: str, mtu: int, mac: str | None = None) -> tuple[int, str]:
+    """Create a standalone TAP (for the client tool) and bring it up; returns (fd, name)."""
+    fd, name = open_tap_fd(pattern)
+    try:
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=name)[0]
+            settings: dict[str, object] = {"mtu": mtu}
+            if mac is not None:
+                settings["address"] = mac
+            ipr.link("set", index=index, **settings)
+            ipr.link("set", index=index, state="up")
+    except NetlinkError as exc:
+        os.close(fd)
+        raise SetupError(f"cannot configure TAP {name}: {os.strerror(exc.code)}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, name
