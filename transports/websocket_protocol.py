@@ -258,7 +258,7 @@ class WebSocketProtocol:
         state = self._ws.state
         if state is ConnectionState.REMOTE_CLOSING:
             self._out += self._ws.send(event.response())
-            self._end(event.code, event.reason or "closed by peer", by_peer=True)
+            self._end(event.code, event.reason or "", by_peer=True)
         elif state is ConnectionState.OPEN:
             # wsproto found a framing error (bad mask, bad opcode, bad UTF-8 ...).
             self._protocol_error(event.code, event.reason or "invalid frame")

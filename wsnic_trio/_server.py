@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 import signal
 from collections.abc import Sequence
 
@@ -79,6 +80,9 @@ class Server:
                         reason = group.exceptions[0]
                 if scope.cancelled_caught and reason is None:
                     reason = PeerClosed("disconnected by the server")
+                queue_drops = tap.kernel_drops()
+                if queue_drops:
+                    stats.drops["peer-too-slow"] += queue_drops
         except* Exception as group:
             # A failure that is not this peer's fault (e.g. no TAP could be made): log it
             # for the operator, end this peer, keep serving the others.
@@ -143,12 +147,36 @@ async def run_server(
             transport.close()
 
 
+def _count_tasks() -> int:
+    count = 0
+    root = trio.lowlevel.current_root_task()
+    stack = [root] if root is not None else []
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
+
+
+def log_status(server: Server) -> None:
+    """One line an operator (or a leak test) can read: peers, tasks, open fds."""
+    try:
+        fds = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        fds = -1
+    log.info("status: %d clients, %d tasks, %d open fds", len(server.peers), _count_tasks(), fds)
+
+
 async def serve_until_signal(config: Config) -> None:
-    """The CLI's main: run the server and stop it cleanly on SIGINT or SIGTERM."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """The CLI's main: run until SIGINT or SIGTERM; SIGUSR1 logs a status line."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_server, config)
+            server: Server = await nursery.start(run_server, config)
             async for signum in signals:
+                if signum == signal.SIGUSR1:
+                    log_status(server)
+                    continue
                 log.info("received %s: stopping", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break

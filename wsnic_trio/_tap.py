@@ -94,6 +94,18 @@ class TapDevice:
                     raise
         return refused
 
+    def kernel_drops(self) -> int:
+        """Frames the kernel dropped on their way to us because our queue was full.
+
+        This is where a slow peer's backpressure ends up (see ``_relay``); read from
+        sysfs, which ``ip netns exec`` remounts per namespace.
+        """
+        try:
+            with open(f"/sys/class/net/{self.name}/statistics/tx_dropped") as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return 0
+
     def close(self) -> None:
         """Close the fd, which makes the kernel delete the (non-persistent) TAP."""
         if not self._closed:

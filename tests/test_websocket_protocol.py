@@ -1,0 +1,208 @@
+"""The sans-IO WebSocket codec, fed bytes from a real wsproto client: no sockets."""
+
+from __future__ import annotations
+
+import itertools
+
+import wsproto
+import wsproto.events as ev
+from hypothesis import given
+from hypothesis import strategies as st
+
+from transports.base import FrameCheck
+from transports.websocket_protocol import Phase, WebSocketProtocol
+
+CHECK = FrameCheck(max_frame=1518)
+FRAME = bytes(range(14)) + b"payload" * 10
+
+
+class Pair:
+    """Our server codec and a wsproto client, wired back to back."""
+
+    def __init__(self, subprotocols: list[str] | None = None) -> None:
+        self.server = WebSocketProtocol(client=False, check=CHECK)
+        self.client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        request = self.client.send(
+            ev.Request(host="lan", target="/x", subprotocols=subprotocols or [])
+        )
+        self.server.receive(request)
+        assert self.server.request is not None
+        offered = self.server.request.subprotocols
+        self.to_client(self.server.accept(offered[0] if offered else None))
+        self.accepted = self.client_events()
+
+    def to_client(self, data: bytes) -> None:
+        self.client.receive_data(data)
+
+    def client_events(self) -> list[ev.Event]:
+        return list(self.client.events())
+
+    def send(self, event: ev.Event) -> list[bytes]:
+        frames = self.server.receive(self.client.send(event))
+        self.to_client(self.server.data_to_send())
+        return frames
+
+
+def test_handshake_declines_compression_and_echoes_subprotocol() -> None:
+    pair = Pair(subprotocols=["binary", "other"])
+    [accept] = pair.accepted
+    assert isinstance(accept, ev.AcceptConnection)
+    assert accept.subprotocol == "binary"
+    assert accept.extensions == []
+    assert pair.server.phase is Phase.OPEN
+    assert pair.server.request is not None and pair.server.request.path == "/x"
+
+
+def test_binary_message_is_one_frame_each_way() -> None:
+    pair = Pair()
+    assert pair.send(ev.BytesMessage(FRAME)) == [FRAME]
+    pair.to_client(pair.server.encode_frames([FRAME, FRAME[::-1]]))
+    got = [e.data for e in pair.client_events() if isinstance(e, ev.BytesMessage)]
+    assert got == [FRAME, FRAME[::-1]]
+
+
+def test_ping_is_answered_with_pong() -> None:
+    pair = Pair()
+    assert pair.send(ev.Ping(b"hi")) == []
+    [pong] = pair.client_events()
+    assert isinstance(pong, ev.Pong) and pong.payload == b"hi"
+
+
+def test_text_message_closes_with_1003() -> None:
+    pair = Pair()
+    assert pair.send(ev.TextMessage("hello")) == []
+    closed = pair.server.closed
+    assert closed is not None and closed.code == 1003 and closed.protocol_error
+    [close] = pair.client_events()
+    assert isinstance(close, ev.CloseConnection) and close.code == 1003
+
+
+def test_runt_and_empty_messages_are_dropped_and_counted() -> None:
+    pair = Pair()
+    assert pair.send(ev.BytesMessage(b"")) == []
+    assert pair.send(ev.BytesMessage(b"x" * 13)) == []
+    assert pair.server.drops["runt"] == 2
+    assert pair.server.closed is None
+    assert pair.send(ev.BytesMessage(FRAME)) == [FRAME]
+
+
+def test_oversized_message_closes_with_1009() -> None:
+    pair = Pair()
+    assert pair.send(ev.BytesMessage(b"x" * 1519)) == []
+    assert pair.server.closed is not None and pair.server.closed.code == 1009
+    [close] = pair.client_events()
+    assert isinstance(close, ev.CloseConnection) and close.code == 1009
+
+
+def test_largest_allowed_frame_passes() -> None:
+    pair = Pair()
+    assert pair.send(ev.BytesMessage(b"y" * 1518)) == [b"y" * 1518]
+
+
+def test_fragmented_message_is_reassembled() -> None:
+    pair = Pair()
+    assert pair.send(ev.BytesMessage(FRAME[:5], message_finished=False)) == []
+    assert pair.send(ev.BytesMessage(FRAME[5:20], message_finished=False)) == []
+    assert pair.send(ev.BytesMessage(FRAME[20:], message_finished=True)) == [FRAME]
+
+
+def test_fragmented_message_over_the_limit_closes_before_the_end() -> None:
+    pair = Pair()
+    for _ in range(3):
+        pair.send(ev.BytesMessage(b"z" * 600, message_finished=False))
+    assert pair.server.closed is not None and pair.server.closed.code == 1009
+
+
+def test_unmasked_client_frame_closes_with_1002() -> None:
+    pair = Pair()
+    unmasked = b"\x82" + bytes([len(FRAME)]) + FRAME  # FIN+binary, no MASK bit
+    assert pair.server.receive(unmasked) == []
+    assert pair.server.closed is not None and pair.server.closed.code == 1002
+
+
+def test_peer_close_is_answered_and_recorded() -> None:
+    pair = Pair()
+    pair.send(ev.CloseConnection(code=1000, reason="bye"))
+    closed = pair.server.closed
+    assert closed is not None and closed.code == 1000 and not closed.protocol_error
+    [reply] = pair.client_events()
+    assert isinstance(reply, ev.CloseConnection)
+
+
+def test_eof_without_close_frame() -> None:
+    pair = Pair()
+    pair.server.receive(b"")
+    assert pair.server.closed is not None and pair.server.closed.code == 1006
+
+
+def test_plain_http_request_gets_a_page() -> None:
+    server = WebSocketProtocol(client=False, check=CHECK)
+    server.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply = server.data_to_send()
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert b"WebSocket endpoint" in reply
+    assert server.phase is Phase.CLOSED
+
+
+def test_garbage_and_huge_handshakes_get_400() -> None:
+    for data in (b"\x16\x03\x01 not http\r\n\r\n", b"GET / HTTP/1.1\r\nX: " + b"a" * 70000):
+        server = WebSocketProtocol(client=False, check=CHECK)
+        server.receive(data)
+        assert server.data_to_send().startswith(b"HTTP/1.1 400 ")
+        assert server.closed is not None and server.closed.protocol_error
+
+
+def test_client_side_round_trip() -> None:
+    client = WebSocketProtocol(client=True, check=CHECK)
+    server = WebSocketProtocol(client=False, check=CHECK)
+    server.receive(client.start_client("lan", "/"))
+    client.receive(server.accept())
+    assert client.phase is Phase.OPEN
+    assert server.receive(client.encode_frames([FRAME, FRAME])) == [FRAME, FRAME]
+    assert client.receive(server.encode_frames([FRAME])) == [FRAME]
+
+
+def test_client_sees_rejection() -> None:
+    client = WebSocketProtocol(client=True, check=CHECK)
+    server = WebSocketProtocol(client=False, check=CHECK)
+    server.receive(client.start_client("lan", "/"))
+    client.receive(server.reject(403, b"no\n"))
+    assert client.rejected_status == 403
+    assert client.closed is not None
+
+
+@given(
+    frames=st.lists(st.binary(min_size=14, max_size=1518), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(min_value=0), max_size=10),
+)
+def test_any_split_of_the_byte_stream_gives_the_same_frames(
+    frames: list[bytes], cuts: list[int]
+) -> None:
+    """Frames survive TCP cutting the stream anywhere (h11's tr() idea, with hypothesis)."""
+    client = WebSocketProtocol(client=True, check=CHECK)
+    server = WebSocketProtocol(client=False, check=CHECK)
+    server.receive(client.start_client("lan", "/"))
+    client.receive(server.accept())
+    wire = client.encode_frames(frames)
+    points = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})
+    got: list[bytes] = []
+    for start, end in itertools.pairwise(points):
+        if end > start:
+            got += server.receive(wire[start:end])
+    assert got == frames
+
+
+def test_byte_by_byte() -> None:
+    client = WebSocketProtocol(client=True, check=CHECK)
+    server = WebSocketProtocol(client=False, check=CHECK)
+    handshake = client.start_client("lan", "/")
+    for i in range(len(handshake)):
+        server.receive(handshake[i : i + 1])
+    response = server.accept()
+    for i in range(len(response)):
+        client.receive(response[i : i + 1])
+    wire = client.encode_frames([FRAME])
+    got: list[bytes] = []
+    for i in range(len(wire)):
+        got += server.receive(wire[i : i + 1])
+    assert got == [FRAME]
