@@ -36,6 +36,23 @@ VALUE_CASES = {
     "ping_interval": ("5", 5.0),
     "ping_timeout": ("500", 500.0),
     "handshake_timeout": ("2.5", 2.5),
+    "wss_port": ("8443", 8443),
+    "wss_certificate": ("/etc/x/fullchain.pem", Path("/etc/x/fullchain.pem")),
+    "wss_private_key": ("/etc/x/privkey.pem", Path("/etc/x/privkey.pem")),
+    "auth_token_file": ("/etc/wsnic/tokens", Path("/etc/wsnic/tokens")),
+    "max_clients": ("64", 64),
+    "max_clients_per_ip": ("4", 4),
+    "rate_limit": ("2.5M", 2.5e6),
+    "max_queued_bytes": ("262144", 262144),
+    "lock_mac": ("all", "all"),
+    "socket_mode": ("0600", 0o600),
+    "partial_frame_timeout": ("3", 3.0),
+    "dgram_idle_timeout": ("7.5", 7.5),
+    "dgram_max_peers": ("5", 5),
+    "dhcp_lease_file": ("/var/lib/wsnic/leases", Path("/var/lib/wsnic/leases")),
+    "dhcp_lease_time": ("3600", 3600),
+    "dhcp_domain_name": ("Lab.Example", "lab.example"),
+    "inet_iface": ("eth1", "eth1"),
 }
 
 

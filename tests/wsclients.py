@@ -3,6 +3,9 @@ wsproto client for sending what a well-behaved client never would."""
 
 from __future__ import annotations
 
+import ssl
+import weakref
+
 import trio
 import trio_websocket
 import wsproto
@@ -12,13 +15,55 @@ from .netns import NetNS
 
 
 async def ws_client(
-    ns: NetNS, nursery: trio.Nursery, port: int = 8086, path: str = "/", host: str = "127.0.0.1"
+    ns: NetNS,
+    nursery: trio.Nursery,
+    port: int = 8086,
+    path: str = "/",
+    host: str = "127.0.0.1",
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str = "localhost",
+    subprotocols: list[str] | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> trio_websocket.WebSocketConnection:
-    """A trio-websocket client connected from inside ``ns``."""
-    stream = await ns.connect_tcp(host, port)
-    return await trio_websocket.wrap_client_stream(
-        nursery, stream, host, path, message_queue_size=1024
-    )
+    """A trio-websocket client connected from inside ``ns`` (wss when given a context)."""
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = await ns.connect_tcp(host, port)
+    try:
+        if ssl_context is not None:
+            assert isinstance(stream, trio.SocketStream)
+            tls = trio.SSLStream(stream, ssl_context, server_hostname=server_hostname)
+            await tls.do_handshake()
+            stream = tls
+        conn = await trio_websocket.wrap_client_stream(
+            nursery,
+            stream,
+            host,
+            path,
+            message_queue_size=1024,
+            subprotocols=subprotocols,
+            extra_headers=headers,
+        )
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    _streams[conn] = stream
+    return conn
+
+
+# trio-websocket's client never closes its TCP stream when the *server* ends the
+# connection (it waits for the server's FIN, then returns early from aclose()), so the
+# tests keep the stream to close it themselves.
+_streams: weakref.WeakKeyDictionary[
+    trio_websocket.WebSocketConnection, trio.SocketStream | trio.SSLStream[trio.SocketStream]
+] = weakref.WeakKeyDictionary()
+
+
+async def close_ws(conn: trio_websocket.WebSocketConnection) -> None:
+    """Close a client completely, also after the server closed it."""
+    await conn.aclose()
+    stream = _streams.pop(conn, None)
+    if stream is not None:
+        await trio.aclose_forcefully(stream)
 
 
 async def receive_until(

@@ -7,7 +7,8 @@ taking the server Config and returning bound transports) under the entry-point g
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "PeerHandler",
     "PeerLink",
     "Transport",
+    "dialer_for",
     "load_transports",
 ]
 
@@ -33,9 +35,46 @@ ENTRY_POINT_GROUP = "wsnic_trio.transports"
 
 
 def _builtin() -> dict[str, Callable[[Config], list[Any]]]:
+    from .dgram import DgramTransport
+    from .qemu_stream import QemuStreamTransport
+    from .uml_bess import BessTransport
     from .websocket import WebSocketTransport
 
-    return {"ws": WebSocketTransport.from_config}
+    return {
+        "ws": WebSocketTransport.from_config,
+        "qemu": QemuStreamTransport.from_config,
+        "bess": BessTransport.from_config,
+        "dgram": DgramTransport.from_config,
+    }
+
+
+#: URL scheme (what comes before the first ":") -> "module:dialer" for ``wsnic-trio connect``.
+DIALERS = {
+    "ws": "websocket:dial_websocket",
+    "wss": "websocket:dial_websocket",
+    "qemu+unix": "qemu_stream:dial_qemu_stream",
+    "qemu+tcp": "qemu_stream:dial_qemu_stream",
+    "bess": "uml_bess:dial_bess",
+    "dgram": "dgram:dial_dgram",
+    "vfkit": "dgram:dial_dgram",
+}
+
+
+def dialer_for(url: str) -> Callable[..., Awaitable[PeerLink]]:
+    """The client-side dialer for a URL, chosen by its scheme; ValueError if unknown.
+
+    Every dialer is called as ``dialer(url, check=FrameCheck, liveness=Liveness)``.
+    """
+    scheme = url.partition(":")[0]
+    target = DIALERS.get(scheme)
+    if target is None or ":" not in url:
+        known = ", ".join(f"{s}:" for s in DIALERS)
+        raise ValueError(f"unsupported URL {url!r}: the scheme must be one of {known}")
+    module, _, name = target.partition(":")
+    dialer: Callable[..., Awaitable[PeerLink]] = getattr(
+        importlib.import_module(f".{module}", __name__), name
+    )
+    return dialer
 
 
 def load_transports() -> list[Callable[[Config], list[Transport]]]:

@@ -52,21 +52,29 @@ class SocketIO:
         if not data:
             return
         async with self._send_lock:
-            view = memoryview(data)
-            self.torn = True
-            while view:
-                try:
-                    sent = self.sock.send(view)
-                except BlockingIOError:
-                    with trio.move_on_after(self.send_stall_timeout) as scope:
-                        await trio.lowlevel.wait_writable(self.sock)
-                    if scope.cancelled_caught:
-                        raise PeerTimeout(
-                            f"peer accepted no data for {self.send_stall_timeout:g} s"
-                        ) from None
-                    continue
-                view = view[sent:]
-            self.torn = False
+            await self._send_raw(data)
+
+    async def _send_raw(self, data: bytes | bytearray | memoryview) -> None:
+        """The send loop itself; the caller holds the send lock."""
+        view = memoryview(data)
+        self.torn = True
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except BlockingIOError:
+                with trio.move_on_after(self.send_stall_timeout) as scope:
+                    await trio.lowlevel.wait_writable(self.sock)
+                if scope.cancelled_caught:
+                    raise PeerTimeout(
+                        f"peer accepted no data for {self.send_stall_timeout:g} s"
+                    ) from None
+                continue
+            view = view[sent:]
+        self.torn = False
+
+    async def goodbye(self) -> None:
+        """End our sending side in an orderly way (TLS sends close_notify here)."""
+        self.sock.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
         if not self._closed:

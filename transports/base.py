@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
@@ -20,10 +19,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ETH_HEADER",
+    "AdmissionRequest",
     "FrameCheck",
     "Liveness",
     "PeerHandler",
     "PeerLink",
+    "Rejection",
     "Transport",
 ]
 
@@ -92,7 +93,37 @@ class PeerLink(Protocol):
         ...
 
 
-PeerHandler = Callable[[PeerLink], Awaitable[None]]
+@dataclasses.dataclass(frozen=True)
+class AdmissionRequest:
+    """What a transport knows about a would-be peer before it gets a TAP."""
+
+    transport: str
+    #: Source IP address for network transports; None for unix sockets.
+    remote_ip: str | None
+    #: Credentials the client may have presented (URL query, Bearer header, subprotocols).
+    tokens: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """Why a would-be peer is turned away, in the words of each protocol."""
+
+    http_status: int
+    reason: str
+    #: WebSocket close code for a peer that is already connected.
+    close_code: int = 1008
+
+
+class PeerHandler(Protocol):
+    """The core, as transports see it: admission first, then serving a peer."""
+
+    def admit(self, request: AdmissionRequest) -> Rejection | None:
+        """Decide before any TAP exists; None means welcome. Never blocks."""
+        ...
+
+    async def __call__(self, link: PeerLink) -> None:
+        """Serve one peer until it ends; raises nothing but Cancelled."""
+        ...
 
 
 class Transport(Protocol):

@@ -8,10 +8,13 @@ live in :mod:`transports.websocket_protocol`; this module only moves bytes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
 import socket
+import ssl
 import urllib.parse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -25,8 +28,9 @@ from wsnic_trio._exceptions import (
 )
 
 from ._sockio import SocketIO, is_disconnect
-from .base import FrameCheck, Liveness, PeerHandler
-from .websocket_protocol import Phase, WebSocketProtocol
+from ._tlsio import TlsContext, TlsSocketIO
+from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler
+from .websocket_protocol import PLAIN_PAGE, TLS_PAGE, HandshakeRequest, Phase, WebSocketProtocol
 
 if TYPE_CHECKING:
     from wsnic_trio._config import Config
@@ -42,11 +46,16 @@ _HANDSHAKE_READ = 16 * 1024
 class WebSocketLink:
     """A peer whose frames travel as binary WebSocket messages."""
 
-    transport = "ws"
-
     def __init__(
-        self, io: SocketIO, proto: WebSocketProtocol, remote: str, liveness: Liveness
+        self,
+        io: SocketIO,
+        proto: WebSocketProtocol,
+        remote: str,
+        liveness: Liveness,
+        *,
+        transport: str = "ws",
     ) -> None:
+        self.transport = transport
         self.io = io
         self.proto = proto
         self.remote = remote
@@ -86,25 +95,31 @@ class WebSocketLink:
         await self.io.send_all(self.proto.ping())
 
     async def aclose(self, reason: BaseException | None = None) -> None:
-        """Send a close frame that says why, wait briefly for the peer's, then close."""
+        """Send a close frame that says why, wait briefly for the peer's reply, then close.
+
+        ``reason`` None means the server is stopping (1001, going away).
+        """
         if isinstance(reason, PeerProtocolError):
             code, text = reason.close_code, str(reason)
         elif isinstance(reason, PeerTimeout):
             code, text = 1001, str(reason)
-        elif reason is None or isinstance(reason, PeerClosed):
-            code, text = 1000, ""
+        elif isinstance(reason, PeerClosed):
+            code, text = 1000, str(reason)
+        elif reason is None:
+            code, text = 1001, "server is stopping"
         else:
-            code, text = 1001, "server is closing this connection"
+            code, text = 1011, "server error"
+        closed_by_peer = self.proto.closed is not None and self.proto.closed.by_peer
+        peer_ended_it = closed_by_peer and not self.proto.closed.protocol_error  # type: ignore[union-attr]
         data = self.proto.close(code, text) + self.proto.data_to_send()
         with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-            try:
+            with contextlib.suppress(OSError, PeerError):
                 if not self.io.torn:
                     await self.io.send_all(data)
-                self.io.sock.shutdown(socket.SHUT_WR)
-                while await self.io.recv_some():
-                    pass
-            except (OSError, PeerError):
-                pass
+                    if not peer_ended_it:
+                        # The peer answers our close frame, then expects us to hang up.
+                        await self.io.recv_some()
+                await self.io.goodbye()
         self.io.close()
 
 
@@ -143,24 +158,70 @@ def _peer_name(addr: object) -> str:
     return str(addr)
 
 
+def token_candidates(request: HandshakeRequest) -> tuple[str, ...]:
+    """Credentials a client may have presented, in the three places browsers and tools can.
+
+    Browsers cannot set headers on a WebSocket, so the URL query (``?token=``) and the
+    subprotocol list are the ways a page can authenticate; other clients may send
+    ``Authorization: Bearer``. Every candidate is checked; none is ever logged.
+    """
+    found: list[str] = []
+    query = urllib.parse.urlsplit(request.path).query
+    found += urllib.parse.parse_qs(query).get("token", [])
+    for name, value in request.headers:
+        if name.lower() == b"authorization" and value[:7].lower() == b"bearer ":
+            found.append(value[7:].strip().decode("latin-1"))
+    for proto in request.subprotocols:
+        found.append(proto.removeprefix("token."))
+    return tuple(found[:8])
+
+
+def choose_subprotocol(offered: tuple[str, ...]) -> str | None:
+    """Echo one offered subprotocol (browsers fail a connection whose offer is ignored).
+
+    ``binary`` is preferred so that a token sent as a subprotocol is not echoed back.
+    """
+    if not offered:
+        return None
+    return "binary" if "binary" in offered else offered[0]
+
+
 class WebSocketTransport:
-    """The ws:// listener. Every accepted connection becomes one peer after its handshake."""
+    """A ws:// or wss:// listener; every accepted connection becomes one peer."""
 
-    name = "ws"
-
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, tls: TlsContext | None = None) -> None:
         self.config = config
+        self.tls = tls
+        self.name = "wss" if tls else "ws"
         self.check = FrameCheck(config.max_frame)
         self.liveness = Liveness(ping_interval=config.ping_interval, timeout=config.ping_timeout)
-        self.sock = tcp_listener(config.ws_address, config.ws_port, "WebSocket listener")
+        port = config.wss_port if tls else config.ws_port
+        what = "WebSocket Secure listener" if tls else "WebSocket listener"
+        self.sock = tcp_listener(config.ws_address, port, what)
         self.address = self.sock.getsockname()
 
     @classmethod
     def from_config(cls, config: Config) -> list[WebSocketTransport]:
-        return [cls(config)] if config.ws_port else []
+        made: list[WebSocketTransport] = []
+        try:
+            if config.ws_port:
+                made.append(cls(config))
+            tls = tls_from_config(config)
+            if tls is not None:
+                made.append(cls(config, tls=tls))
+        except BaseException:
+            for transport in made:
+                transport.close()
+            raise
+        return made
 
     def describe(self) -> str:
-        return f"ws://{_peer_name(self.address)}/"
+        return f"{self.name}://{_peer_name(self.address)}/"
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the certificate; connected clients keep their sessions."""
+        if self.tls is not None:
+            self.tls.reload()
 
     def close(self) -> None:
         if self.sock.fileno() != -1:
@@ -183,19 +244,36 @@ class WebSocketTransport:
                         log.error("accept failed: %s", exc.strerror)
                         await trio.sleep(0.1)
                         continue
-                    nursery.start_soon(self._connection, conn, _peer_name(addr), handler)
+                    nursery.start_soon(self._connection, conn, addr, handler)
         finally:
             trio.lowlevel.notify_closing(self.sock)
             self.close()
 
-    async def _connection(self, conn: socket.socket, remote: str, handler: PeerHandler) -> None:
+    def _socket_io(self, conn: socket.socket) -> SocketIO:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        io = SocketIO(conn, send_stall_timeout=self.config.ping_timeout)
-        proto = WebSocketProtocol(client=False, check=self.check)
+        if self.config.max_queued_bytes:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.max_queued_bytes)
+        stall = self.config.ping_timeout
+        if self.tls is not None:
+            return TlsSocketIO(conn, self.tls.context, send_stall_timeout=stall)
+        return SocketIO(conn, send_stall_timeout=stall)
+
+    async def _connection(self, conn: socket.socket, addr: object, handler: PeerHandler) -> None:
+        remote = _peer_name(addr)
+        io = self._socket_io(conn)
+        proto = WebSocketProtocol(
+            client=False, check=self.check, plain_page=TLS_PAGE if self.tls else PLAIN_PAGE
+        )
         link: WebSocketLink | None = None
         try:
             with trio.move_on_after(self.config.handshake_timeout) as scope:
-                await _server_handshake(io, proto)
+                if isinstance(io, TlsSocketIO):
+                    try:
+                        await io.handshake()
+                    except PeerClosed:
+                        log.info("%s: TLS handshake failed: the client hung up", remote)
+                        return
+                await self._handshake(io, proto, _peer_ip(addr), handler)
             if scope.cancelled_caught:
                 log.info(
                     "%s: no complete WebSocket handshake within %g s; closed",
@@ -207,8 +285,10 @@ class WebSocketTransport:
                 closed = proto.closed
                 log.info("%s: %s", remote, closed.reason if closed else "closed during handshake")
                 return
-            link = WebSocketLink(io, proto, remote, self.liveness)
+            link = WebSocketLink(io, proto, remote, self.liveness, transport=self.name)
             await handler(link)
+        except* ssl.SSLError as group:
+            log.info("%s: TLS handshake failed: %s", remote, _ssl_reason(group.exceptions[0]))
         except* (OSError, PeerError) as group:
             for exc in group.exceptions:
                 log.debug("%s: connection ended: %r", remote, exc)
@@ -216,19 +296,65 @@ class WebSocketTransport:
             if link is not None:
                 await link.aclose()
             else:
+                with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+                    with contextlib.suppress(OSError, PeerError):
+                        await io.goodbye()
                 io.close()
 
+    async def _handshake(
+        self, io: SocketIO, proto: WebSocketProtocol, ip: str | None, handler: PeerHandler
+    ) -> None:
+        while proto.phase is Phase.HANDSHAKE:
+            data = await io.recv_some(_HANDSHAKE_READ)
+            proto.receive(data)
+            request = proto.request
+            if request is not None and proto.phase is Phase.HANDSHAKE:
+                admission = AdmissionRequest(self.name, ip, token_candidates(request))
+                rejection = handler.admit(admission)
+                if rejection is None:
+                    await io.send_all(proto.accept(choose_subprotocol(request.subprotocols)))
+                else:
+                    log.info(
+                        "%s: refused (HTTP %d): %s",
+                        _peer_name_ip(ip),
+                        rejection.http_status,
+                        rejection.reason,
+                    )
+                    body = f"wsnic-trio: {rejection.reason}\n".encode()
+                    await io.send_all(proto.reject(rejection.http_status, body))
+            await io.send_all(proto.data_to_send())
 
-async def _server_handshake(io: SocketIO, proto: WebSocketProtocol) -> None:
-    while proto.phase is Phase.HANDSHAKE:
-        data = await io.recv_some(_HANDSHAKE_READ)
-        proto.receive(data)
-        if proto.request is not None and proto.phase is Phase.HANDSHAKE:
-            offered = proto.request.subprotocols
-            # Browsers fail the connection when they offered subprotocols and none is
-            # chosen, so echo the first one; the frames are the same whatever its name.
-            await io.send_all(proto.accept(offered[0] if offered else None))
-        await io.send_all(proto.data_to_send())
+
+def tls_from_config(config: Config) -> TlsContext | None:
+    """The wss:// certificate: as configured, or wsnic's cert/cert.crt default if present."""
+    if not config.wss_port:
+        return None
+    cert, key = config.wss_certificate, config.wss_private_key
+    if cert is None:
+        default = Path("cert/cert.crt")
+        if not default.exists():
+            if key is not None:
+                raise SetupError("TLS: --wss-private-key needs --wss-certificate")
+            log.info("wss:// is off: no certificate (give -r/--wss-certificate)")
+            return None
+        cert = default
+    if key is None and Path("cert/cert.key").exists() and cert == Path("cert/cert.crt"):
+        key = Path("cert/cert.key")
+    return TlsContext(cert, key)
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    return getattr(exc, "reason", None) or str(exc)
+
+
+def _peer_ip(addr: object) -> str | None:
+    if isinstance(addr, tuple) and addr:
+        return str(addr[0]).removeprefix("::ffff:")
+    return None
+
+
+def _peer_name_ip(ip: str | None) -> str:
+    return ip or "?"
 
 
 async def dial_websocket(
@@ -236,10 +362,11 @@ async def dial_websocket(
 ) -> WebSocketLink:
     """Open a client link to a ws:// URL (used by ``wsnic-trio connect`` and the tests)."""
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "ws":
+    if parts.scheme not in ("ws", "wss"):
         raise SetupError(f"unsupported URL scheme {parts.scheme!r} in {url} (expected ws://)")
+    secure = parts.scheme == "wss"
     host = parts.hostname or "127.0.0.1"
-    port = parts.port or 80
+    port = parts.port or (443 if secure else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     with trio.fail_after(connect_timeout):
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -256,7 +383,21 @@ async def dial_websocket(
                 raise OSError(
                     err, f"cannot connect to {host}:{port}: {errno.errorcode.get(err, err)}"
                 )
-            io = SocketIO(sock, send_stall_timeout=liveness.timeout or 60.0)
+            stall = liveness.timeout or 60.0
+            if secure:
+                # The system's CAs; SSL_CERT_FILE points OpenSSL at another bundle.
+                context = ssl.create_default_context()
+                tls = TlsSocketIO(
+                    sock,
+                    context,
+                    send_stall_timeout=stall,
+                    server_side=False,
+                    server_hostname=host,
+                )
+                await tls.handshake()
+                io: SocketIO = tls
+            else:
+                io = SocketIO(sock, send_stall_timeout=stall)
             proto = WebSocketProtocol(client=True, check=check)
             netloc = parts.netloc.rsplit("@", 1)[-1]
             await io.send_all(proto.start_client(netloc, target))
@@ -270,7 +411,7 @@ async def dial_websocket(
             trio.lowlevel.notify_closing(sock)
             sock.close()
             raise
-    return WebSocketLink(io, proto, f"{host}:{port}", liveness)
+    return WebSocketLink(io, proto, f"{host}:{port}", liveness, transport=parts.scheme)
 
 
 def is_expected_disconnect(exc: BaseException) -> bool:

@@ -32,6 +32,11 @@ PLAIN_PAGE = (
     b"wsnic-trio: this is a WebSocket endpoint that carries Ethernet frames "
     b"(for v86 and other emulators). Point your emulator's network relay URL here.\n"
 )
+TLS_PAGE = (
+    b"wsnic-trio: the TLS set-up works. This is a wss:// endpoint that carries Ethernet "
+    b"frames (for v86 and other emulators); now use wss:// with this host and port in "
+    b"your emulator's network relay URL.\n"
+)
 
 
 class Phase(enum.Enum):
@@ -63,8 +68,9 @@ class HandshakeRequest:
 class WebSocketProtocol:
     """One WebSocket connection, either side, carrying Ethernet frames."""
 
-    def __init__(self, *, client: bool, check: FrameCheck) -> None:
+    def __init__(self, *, client: bool, check: FrameCheck, plain_page: bytes = PLAIN_PAGE) -> None:
         self.client = client
+        self.plain_page = plain_page
         self.check = check
         self.phase = Phase.HANDSHAKE
         self.closed: CloseInfo | None = None
@@ -183,7 +189,7 @@ class WebSocketProtocol:
             return
         if "Missing header, 'Upgrade" in message or "Missing header, 'Connection" in message:
             # A browser opening the URL as a page (e.g. to accept a TLS certificate).
-            self._out += self.reject(200, PLAIN_PAGE)
+            self._out += self.reject(200, self.plain_page)
             self.closed = CloseInfo(200, "plain HTTP request answered", by_peer=True)
         else:
             self._out += self.reject(400, f"bad WebSocket handshake: {message}\n".encode())

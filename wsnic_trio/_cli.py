@@ -15,6 +15,8 @@ from typing import Any
 
 import trio
 
+from transports import dialer_for
+
 from . import __version__
 from ._config import OPTIONS, Config, load_config_file
 from ._connect import ConnectOptions, connect_until_signal
@@ -54,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, name)
         if spec.kind == "count":
             parser.add_argument(*spec.flags, dest=name, action="count", help=spec.help)
+        elif spec.kind == "list":
+            parser.add_argument(
+                *spec.flags,
+                dest=name,
+                action="append",
+                metavar=spec.metavar,
+                help=f"{spec.help} (repeatable)",
+            )
         elif spec.kind == "flag":
             parser.add_argument(
                 *spec.flags,
@@ -91,7 +101,11 @@ def build_connect_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("url", help="server URL, e.g. ws://127.0.0.1:8086/")
+    parser.add_argument(
+        "url",
+        help="server URL: ws://HOST:PORT/PATH, qemu+unix:PATH, qemu+tcp://HOST:PORT, "
+        "bess:PATH, dgram:PATH or vfkit:PATH",
+    )
     parser.add_argument(
         "--tap", default="wsnic%d", help="name of the local TAP (%%d: next free number)"
     )
@@ -125,8 +139,10 @@ def _connect_options(argv: Sequence[str]) -> tuple[ConnectOptions, int, int]:
         raise ConfigError(f"--mac {args.mac} is a multicast address; use a unicast one")
     if not 68 <= args.mtu <= 65520:
         raise ConfigError(f"--mtu {args.mtu} is outside 68-65520")
-    if not args.url.startswith("ws://"):
-        raise ConfigError(f"unsupported URL {args.url!r}: expected ws://HOST:PORT/PATH")
+    try:
+        dialer_for(args.url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if args.ping_timeout <= args.ping_interval:
         raise ConfigError("--ping-timeout must be longer than --ping-interval")
     opts = ConnectOptions(

@@ -35,7 +35,7 @@ class OptionSpec:
     flags: tuple[str, ...]
     help: str
     parse: Callable[[str], Any] = str
-    kind: Literal["value", "count", "flag"] = "value"
+    kind: Literal["value", "count", "flag", "list"] = "value"
     metavar: str | None = None
 
 
@@ -84,6 +84,121 @@ def _mtu(text: str) -> int:
     if not MIN_MTU <= mtu <= MAX_MTU:
         raise ValueError(f"MTU {mtu} is outside {MIN_MTU}-{MAX_MTU}")
     return mtu
+
+
+# -- security options (see docs/security.md) -------------------------------------------
+
+_SIZE_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def _byte_rate(text: str) -> float:
+    """Bytes per second, with an optional k/M/G suffix (decimal); 0 means off."""
+    t = text.strip().lower().removesuffix("b/s").removesuffix("/s").removesuffix("b")
+    unit = t[-1:] if t[-1:] in _SIZE_SUFFIX else ""
+    value = float(t[: len(t) - len(unit)]) * _SIZE_SUFFIX[unit]
+    if value < 0:
+        raise ValueError(f"{text} must not be negative")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text} must not be negative (0 means no limit)")
+    return value
+
+
+def _lock_mac(text: str) -> str:
+    if text not in ("off", "ws", "all"):
+        raise ValueError(f"{text!r} is not one of off, ws, all")
+    return text
+
+
+def _path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+# -- VM transports (see docs/transports/) ----------------------------------------------
+
+
+def _stream_endpoint(text: str) -> str:
+    from transports.qemu_stream import parse_endpoint  # the transport owns its syntax
+
+    return str(parse_endpoint(text))
+
+
+def _socket_path(text: str) -> str:
+    if "\0" in text or len(text.encode()) > 107:
+        raise ValueError(f"{text!r} is not a usable unix socket path (at most 107 bytes)")
+    return text
+
+
+class FileMode(int):
+    """A permission mode that prints in octal (``--help`` shows 0660, not 432)."""
+
+    def __str__(self) -> str:
+        return f"0{self:o}"
+
+    __repr__ = __str__
+
+
+def _file_mode(text: str) -> int:
+    try:
+        mode = FileMode(int(text, 8))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an octal file mode such as 0660") from None
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"{text!r} is not a file mode (0000-0777)")
+    return mode
+
+
+def _peer_count(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise ValueError(f"{count} must be at least 1")
+    return count
+
+
+# -- DHCP, DNS and NAT options (see docs/dhcp-dns-nat.md) ------------------------------
+
+_DOMAIN_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MIN_LEASE_TIME = 120  # dnsmasq's own lower limit, in seconds
+
+
+def _lease_time(text: str) -> int:
+    seconds = int(text)
+    if seconds < MIN_LEASE_TIME:
+        raise ValueError(f"lease time {seconds} s is shorter than dnsmasq's minimum of 120 s")
+    return seconds
+
+
+def _domain(text: str) -> str:
+    name = text.lower().rstrip(".")
+    if not name or len(name) > 253 or not all(_DOMAIN_LABEL.match(x) for x in name.split(".")):
+        raise ValueError(f"{text!r} is not a DNS domain name such as lan or example.internal")
+    return name
+
+
+def _ipv4_address(text: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address such as 192.168.86.1") from None
+
+
+def _ipv4_network(text: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 network such as 10.0.0.0/8") from None
+
+
+def _optional_ifname(text: str) -> str | None:
+    return _ifname(text) if text else None
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +271,220 @@ class Config:
         metavar="SECONDS",
         help="drop a connection that has not completed its handshake in this time",
     )
+    wss_port: int = _opt(
+        8087,
+        "--wss-port",
+        parse=_port,
+        metavar="PORT",
+        help="TCP port of the wss:// (TLS) listener on --ws-address; it runs when a "
+        "certificate is available; 0 turns it off",
+    )
+    wss_certificate: Path | None = _opt(
+        None,
+        "-r",
+        "--wss-certificate",
+        parse=_path,
+        metavar="PEM",
+        help="TLS certificate chain (PEM; may hold the key too); default: cert/cert.crt "
+        "when that file exists",
+    )
+    wss_private_key: Path | None = _opt(
+        None,
+        "-k",
+        "--wss-private-key",
+        parse=_path,
+        metavar="PEM",
+        help="TLS private key (PEM); default: cert/cert.key when that file exists, else the "
+        "key in the certificate file",
+    )
+    auth_token_file: Path | None = _opt(
+        None,
+        "--auth-token-file",
+        parse=_path,
+        metavar="FILE",
+        help="require WebSocket clients to present one of the tokens in FILE (one per line, "
+        "# comments; re-read on SIGHUP); off by default",
+    )
+    max_clients: int = _opt(
+        0,
+        "--max-clients",
+        parse=_count,
+        metavar="N",
+        help="refuse new clients (HTTP 503) while N are connected; 0 means no limit",
+    )
+    max_clients_per_ip: int = _opt(
+        0,
+        "--max-clients-per-ip",
+        parse=_count,
+        metavar="N",
+        help="refuse new clients from an address that has N connected; 0 means no limit",
+    )
+    rate_limit: float = _opt(
+        0.0,
+        "--rate-limit",
+        parse=_byte_rate,
+        metavar="BYTES/S",
+        help="per-client limit in each direction (token bucket; k/M/G suffixes); frames "
+        "over it are dropped and counted; 0 means off",
+    )
+    max_queued_bytes: int = _opt(
+        0,
+        "--max-queued-bytes",
+        parse=_count,
+        metavar="BYTES",
+        help="cap the bytes queued toward one client (its socket send buffer and its TAP "
+        "queue); 0 keeps the kernel's defaults",
+    )
+    lock_mac: str = _opt(
+        "ws",
+        "--lock-mac",
+        parse=_lock_mac,
+        metavar="off|ws|all",
+        help="fix each client's source MAC at its first frame and drop frames from any "
+        "other (ws: WebSocket clients only; all: every transport)",
+    )
+    lock_ip: bool = _opt(
+        False,
+        "--lock-ip",
+        kind="flag",
+        help="clients may only send ARP and IPv4 from the address dnsmasq leased to them "
+        "(implies MAC locking for them)",
+    )
+    qemu: tuple[str, ...] = _opt(
+        (),
+        "--qemu",
+        parse=_stream_endpoint,
+        kind="list",
+        metavar="unix:PATH|tcp:HOST:PORT",
+        help="listen for QEMU -netdev stream clients (4-byte length + frame) here",
+    )
+    qemu_connect: tuple[str, ...] = _opt(
+        (),
+        "--qemu-connect",
+        parse=_stream_endpoint,
+        kind="list",
+        metavar="unix:PATH|tcp:HOST:PORT",
+        help="dial a QEMU started with -netdev stream,server=on, and redial when it goes away",
+    )
+    bess: tuple[str, ...] = _opt(
+        (),
+        "--bess",
+        parse=_socket_path,
+        kind="list",
+        metavar="PATH",
+        help="listen for UML vector transport=bess clients on this unix seqpacket socket",
+    )
+    dgram: tuple[str, ...] = _opt(
+        (),
+        "--vfkit",
+        "--dgram",
+        parse=_socket_path,
+        kind="list",
+        metavar="PATH",
+        help="unix datagram socket for vfkit (unixSocketPath=) and QEMU -netdev dgram "
+        "(remote.path=) clients; a peer is its source address",
+    )
+    socket_mode: int = _opt(
+        FileMode(0o660),
+        "--socket-mode",
+        parse=_file_mode,
+        metavar="MODE",
+        help="octal permissions of the unix socket files the server creates",
+    )
+    partial_frame_timeout: float = _opt(
+        10.0,
+        "--partial-frame-timeout",
+        parse=_positive,
+        metavar="SECONDS",
+        help="close a QEMU stream client whose frame stays incomplete this long",
+    )
+    dgram_idle_timeout: float = _opt(
+        60.0,
+        "--dgram-idle-timeout",
+        parse=_positive,
+        metavar="SECONDS",
+        help="drop a datagram peer (and its TAP) after this long without a datagram",
+    )
+    dgram_max_peers: int = _opt(
+        64,
+        "--dgram-max-peers",
+        parse=_peer_count,
+        metavar="N",
+        help="most peers one datagram socket serves; datagrams from more addresses are dropped",
+    )
+    disable_dhcp: bool = _opt(
+        False,
+        "--disable-dhcp",
+        kind="flag",
+        help="run no DHCP/DNS server (dnsmasq) on the LAN; clients configure themselves",
+    )
+    dhcp_lease_file: Path | None = _opt(
+        None,
+        "--dhcp-lease-file",
+        parse=_optional_path,
+        metavar="FILE",
+        help="keep DHCP leases in FILE (kept on exit); default: a temporary file under "
+        "/run/wsnic-trio, removed on exit",
+    )
+    dhcp_lease_time: int = _opt(
+        86400,
+        "-t",
+        "--dhcp-lease-time",
+        parse=_lease_time,
+        metavar="SECONDS",
+        help="DHCP lease time in seconds (at least 120)",
+    )
+    dhcp_domain_name: str = _opt(
+        "lan",
+        "-n",
+        "--dhcp-domain-name",
+        parse=_domain,
+        metavar="DOMAIN",
+        help="DNS domain of the LAN: a client that sends hostname NAME is NAME.DOMAIN",
+    )
+    dhcp_nameserver: tuple[ipaddress.IPv4Address, ...] = _opt(
+        (),
+        "-d",
+        "--dhcp-nameserver",
+        parse=_ipv4_address,
+        kind="list",
+        metavar="ADDR[,ADDR...]",
+        help="DNS servers DHCP hands out; default: the bridge address (dnsmasq itself)",
+    )
+    dns_upstream: tuple[ipaddress.IPv4Address, ...] = _opt(
+        (),
+        "--dns-upstream",
+        parse=_ipv4_address,
+        kind="list",
+        metavar="ADDR[,ADDR...]",
+        help="DNS servers dnsmasq forwards other names to; default: none (LAN names only, "
+        "/etc/resolv.conf is not read)",
+    )
+    enable_inet: bool = _opt(
+        False,
+        "-i",
+        "--enable-inet",
+        kind="flag",
+        help="give the LAN Internet access: NAT (masquerade) out of the uplink, IPv4 "
+        "forwarding on for the run",
+    )
+    inet_iface: str | None = _opt(
+        None,
+        "-f",
+        "--inet-iface",
+        parse=_optional_ifname,
+        metavar="NAME",
+        help="uplink for --enable-inet; default: the interface of the default route",
+    )
+    allow_private: tuple[ipaddress.IPv4Network, ...] = _opt(
+        (),
+        "--allow-private",
+        parse=_ipv4_network,
+        kind="list",
+        metavar="CIDR",
+        help="with --enable-inet, let the LAN reach this private network (RFC 1918, "
+        "100.64.0.0/10, 169.254.0.0/16 are blocked otherwise)",
+    )
     verbose: int = _opt(
         0,
         "-v",
@@ -169,6 +498,11 @@ class Config:
     )
 
     def __post_init__(self) -> None:
+        if self.lock_ip and self.disable_dhcp:
+            raise ConfigError(
+                "--lock-ip needs the server's own DHCP (it checks addresses against dnsmasq's "
+                "leases); drop --disable-dhcp or --lock-ip"
+            )
         if self.ping_timeout <= self.ping_interval:
             raise ConfigError(
                 f"ping_timeout ({self.ping_timeout:g} s) must be longer than ping_interval "
@@ -219,6 +553,19 @@ class Config:
 
 
 def _convert(spec: OptionSpec, raw: Any, where: str) -> Any:
+    if spec.kind == "list":
+        # Repeatable options: a TOML list, a comma-separated string in a wsnic file, or the
+        # list argparse collects from repeated flags (each of which may itself be a comma
+        # list: -d 1.1.1.1,9.9.9.9). An empty string means "none".
+        items = raw if isinstance(raw, list | tuple) else [raw]
+        out = []
+        for text in (part.strip() for item in items for part in str(item).split(",")):
+            if text:
+                try:
+                    out.append(spec.parse(text))
+                except (ValueError, TypeError) as exc:
+                    raise ConfigError(f"{where}: {exc}") from None
+        return tuple(out)
     if spec.kind == "flag":
         if isinstance(raw, bool):
             return raw

@@ -14,11 +14,12 @@ import signal
 
 import trio
 
+from transports import dialer_for
 from transports.base import FrameCheck, Liveness
-from transports.websocket import dial_websocket
 
 from . import _netlink
 from ._exceptions import PeerError, SetupError
+from ._guard import FramePolicy
 from ._relay import RelayStats, relay
 from ._tap import TapDevice
 
@@ -42,7 +43,8 @@ class ConnectOptions:
 
 async def _session(opts: ConnectOptions, tap: TapDevice) -> None:
     check = FrameCheck(opts.mtu + 18)
-    link = await dial_websocket(
+    # One dialer per transport module, chosen by the URL's scheme (ws:, qemu+unix:, bess:...).
+    link = await dialer_for(opts.url)(
         opts.url,
         check=check,
         liveness=Liveness(ping_interval=opts.ping_interval, timeout=opts.ping_timeout),
@@ -51,7 +53,7 @@ async def _session(opts: ConnectOptions, tap: TapDevice) -> None:
     log.info("connected to %s; relaying %s", opts.url, tap.name)
     reason: BaseException | None = None
     try:
-        await relay(link, tap, check, stats)
+        await relay(link, tap, FramePolicy(check, stats.drops), stats)
     except* (PeerError, OSError) as group:
         reason = group.exceptions[0]
         raise

@@ -9,6 +9,7 @@ when the body failed or was cancelled.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -30,6 +31,7 @@ log = logging.getLogger("wsnic_trio.lan")
 # Locally administered, unicast: 02:xx. "ws" in the next two bytes for recognisability.
 BRIDGE_MAC = "02:77:73:00:00:01"
 _CLEANUP_TIMEOUT = 10.0
+_CARRIER_TIMEOUT = 3.0
 
 
 def pid_is_wsnic(pid: int) -> bool:
@@ -41,6 +43,24 @@ def pid_is_wsnic(pid: int) -> bool:
     except OSError:
         return False
     return b"wsnic" in cmdline
+
+
+def _read_sys(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _forwarding(port: str) -> bool:
+    # Port state 3 is BR_STATE_FORWARDING; no sysfs (an unusual mount) means don't wait.
+    state = _read_sys(f"/sys/class/net/{port}/brport/state")
+    return state in ("3", "")
+
+
+def _bridge_up(bridge: str) -> bool:
+    return _read_sys(f"/sys/class/net/{bridge}/operstate") in ("up", "unknown", "")
 
 
 class Lan:
@@ -97,18 +117,35 @@ class Lan:
             log.info("bridge %s removed", self.bridge)
         self._created = False
 
+    async def _wait_until_forwarding(self, tap: str) -> None:
+        """Wait until the new port really forwards, so a peer's first frames are not lost.
+
+        The kernel finishes bringing a new bridge port (and a bridge that just gained its
+        first port) into service in a deferred "linkwatch" step; until then the bridge
+        drops what the port sends and the bridge's own transmit queue is not attached.
+        Usually that takes well under a millisecond, under load up to a second.
+        """
+        with trio.move_on_after(_CARRIER_TIMEOUT):
+            while not (_forwarding(tap) and _bridge_up(self.bridge)):  # noqa: ASYNC110
+                await trio.sleep(0.002)
+
     @contextlib.asynccontextmanager
     async def open_tap(self) -> AsyncIterator[TapDevice]:
         """A fresh TAP on the bridge for one peer; it is deleted when the block ends."""
+        queued = self.config.max_queued_bytes
         fd, name = await trio.to_thread.run_sync(
-            _netlink.create_tap_on_bridge,
-            self.config.tap_prefix + "%d",
-            self.bridge,
-            self.config.mtu,
-            _netlink.owner_alias("tap"),
+            functools.partial(
+                _netlink.create_tap_on_bridge,
+                self.config.tap_prefix + "%d",
+                self.bridge,
+                self.config.mtu,
+                _netlink.owner_alias("tap"),
+                txqlen=max(8, queued // self.config.max_frame) if queued else None,
+            )
         )
         tap = TapDevice(fd, name)
         try:
+            await self._wait_until_forwarding(name)
             yield tap
         finally:
             tap.close()

@@ -27,6 +27,7 @@ __all__ = [
     "LinkInfo",
     "create_bridge",
     "create_tap_on_bridge",
+    "default_route_interface",
     "delete_link",
     "find_link",
     "owner_alias",
@@ -129,11 +130,17 @@ def create_bridge(
 
 
 def create_tap_on_bridge(
-    pattern: str, bridge: str, mtu: int, alias: str, mac: str | None = None
+    pattern: str,
+    bridge: str,
+    mtu: int,
+    alias: str,
+    mac: str | None = None,
+    txqlen: int | None = None,
 ) -> tuple[int, str]:
     """Create a TAP, attach it to ``bridge`` and bring it up; returns (fd, name).
 
-    If attaching fails the fd is closed, which deletes the TAP again.
+    One netlink request does it all (MTU, alias, queue length, master, up). If it fails
+    the fd is closed, which deletes the TAP again.
     """
     fd, name = open_tap_fd(pattern)
     try:
@@ -142,12 +149,12 @@ def create_tap_on_bridge(
             master = ipr.link_lookup(ifname=bridge)
             if not master:
                 raise SetupError(f"bridge {bridge} is gone")
-            settings: dict[str, object] = {"mtu": mtu, "ifalias": alias}
+            settings: dict[str, object] = {"mtu": mtu, "ifalias": alias, "master": master[0]}
             if mac is not None:
                 settings["address"] = mac
-            ipr.link("set", index=index, **settings)
-            ipr.link("set", index=index, master=master[0])
-            ipr.link("set", index=index, state="up")
+            if txqlen is not None:
+                settings["txqlen"] = txqlen
+            ipr.link("set", index=index, state="up", **settings)
     except BaseException:
         os.close(fd)
         raise
@@ -172,3 +179,24 @@ def create_tap(pattern: str, mtu: int, mac: str | None = None) -> tuple[int, str
         os.close(fd)
         raise
     return fd, name
+
+
+def default_route_interface() -> str | None:
+    """The interface of the IPv4 default route with the lowest metric (the NAT uplink)."""
+    with IPRoute() as ipr:
+        routes = ipr.get_default_routes(family=2)
+        best: tuple[int, int] | None = None
+        for route in routes:
+            oif = route.get("RTA_OIF")
+            if oif is None:  # a multipath route: take its first hop
+                hops = route.get("RTA_MULTIPATH") or []
+                oif = hops[0]["oif"] if hops else None
+            if oif is None:
+                continue
+            metric = route.get("RTA_PRIORITY") or 0
+            if best is None or metric < best[0]:
+                best = (metric, int(oif))
+        if best is None:
+            return None
+        links = ipr.get_links(best[1])
+        return str(links[0].get("IFLA_IFNAME")) if links else None

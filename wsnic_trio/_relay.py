@@ -19,9 +19,10 @@ import time
 
 import trio
 
-from transports.base import FrameCheck, PeerLink
+from transports.base import PeerLink
 
 from ._exceptions import PeerTimeout
+from ._guard import FramePolicy
 from ._tap import TapDevice
 
 __all__ = ["RelayStats", "relay", "watchdog"]
@@ -52,26 +53,27 @@ class RelayStats:
         return text
 
 
-async def peer_to_tap(link: PeerLink, tap: TapDevice, check: FrameCheck, stats: RelayStats) -> None:
+async def peer_to_tap(
+    link: PeerLink, tap: TapDevice, policy: FramePolicy, stats: RelayStats
+) -> None:
     while True:
-        frames = await link.receive_frames()
-        good: list[bytes] = []
-        for frame in frames:
-            problem = check.problem(frame)
-            if problem is None:
-                good.append(frame)
-                stats.bytes_in += len(frame)
-            else:
-                stats.drops[problem] += 1
-        stats.frames_in += len(good)
-        refused = await tap.write_frames(good)
+        frames = policy.inbound(await link.receive_frames(), trio.current_time())
+        if not frames:
+            continue
+        stats.frames_in += len(frames)
+        stats.bytes_in += sum(map(len, frames))
+        refused = await tap.write_frames(frames)
         if refused:
             stats.drops["tap-refused"] += refused
 
 
-async def tap_to_peer(link: PeerLink, tap: TapDevice, stats: RelayStats) -> None:
+async def tap_to_peer(
+    link: PeerLink, tap: TapDevice, policy: FramePolicy, stats: RelayStats
+) -> None:
     while True:
-        frames = await tap.read_batch(TAP_BATCH)
+        frames = policy.outbound(await tap.read_batch(TAP_BATCH), trio.current_time())
+        if not frames:
+            continue
         await link.send_frames(frames)
         stats.frames_out += len(frames)
         stats.bytes_out += sum(map(len, frames))
@@ -99,7 +101,7 @@ async def watchdog(link: PeerLink) -> None:
         await trio.sleep_until(max(wake, trio.current_time() + 0.01))
 
 
-async def relay(link: PeerLink, tap: TapDevice, check: FrameCheck, stats: RelayStats) -> None:
+async def relay(link: PeerLink, tap: TapDevice, policy: FramePolicy, stats: RelayStats) -> None:
     """Run both directions and the watchdog until one of them ends, then stop the rest.
 
     Whatever ended it propagates (``PeerClosed``, ``PeerTimeout``, an ``OSError``...) so
@@ -111,6 +113,6 @@ async def relay(link: PeerLink, tap: TapDevice, check: FrameCheck, stats: RelayS
             await fn(*args)  # type: ignore[operator]
             nursery.cancel_scope.cancel()
 
-        nursery.start_soon(run, peer_to_tap, link, tap, check, stats)
-        nursery.start_soon(run, tap_to_peer, link, tap, stats)
+        nursery.start_soon(run, peer_to_tap, link, tap, policy, stats)
+        nursery.start_soon(run, tap_to_peer, link, tap, policy, stats)
         nursery.start_soon(run, watchdog, link)

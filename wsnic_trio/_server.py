@@ -18,12 +18,17 @@ from collections.abc import Sequence
 import trio
 
 from transports import load_transports
-from transports.base import FrameCheck, PeerLink, Transport
+from transports.base import AdmissionRequest, FrameCheck, PeerLink, Rejection, Transport
 
+from ._admission import Admission, TokenStore
 from ._config import Config
-from ._exceptions import PeerClosed, PeerError
-from ._lan import Lan
+from ._dnsmasq import lease_file_path, serve_dnsmasq
+from ._exceptions import ConfigError, PeerClosed, PeerError, PeerProtocolError, SetupError
+from ._guard import FramePolicy, SourceGuard, refuse_mac
+from ._lan import BRIDGE_MAC, Lan
+from ._leases import LeaseTable
 from ._relay import RelayStats, relay
+from ._services import lan_services
 
 __all__ = ["PeerInfo", "Server", "run_server", "serve_until_signal"]
 
@@ -40,24 +45,124 @@ class PeerInfo:
     tap: str
     stats: RelayStats
     cancel_scope: trio.CancelScope
+    #: Set when a newer connection with the same MAC ended this one.
+    replaced_by: int | None = None
 
 
 class Server:
     """Runs peers on one LAN; ``peers`` is the live registry."""
 
-    def __init__(self, config: Config, lan: Lan, transports: Sequence[Transport]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        lan: Lan,
+        transports: Sequence[Transport],
+        tokens: TokenStore | None = None,
+    ) -> None:
         self.config = config
         self.lan = lan
         self.transports = list(transports)
         self.check = FrameCheck(config.max_frame)
         self.peers: dict[int, PeerInfo] = {}
         self._ids = itertools.count(1)
+        self.tokens = tokens or TokenStore(None)
+        self.admission = Admission(
+            self.tokens,
+            max_clients=config.max_clients,
+            max_clients_per_ip=config.max_clients_per_ip,
+        )
+        self.bridge_mac = bytes.fromhex(BRIDGE_MAC.replace(":", ""))
+        #: Which peer uses which source MAC (for peers whose MAC is locked).
+        self.mac_owners: dict[bytes, int] = {}
+        #: dnsmasq's leases, when the server runs DHCP.
+        self.leases: LeaseTable | None = None
+        if not config.disable_dhcp:
+            self.leases = LeaseTable(lease_file_path(config))
+
+    # -- what transports call ---------------------------------------------------------
+
+    def admit(self, request: AdmissionRequest) -> Rejection | None:
+        return self.admission.check(request)
+
+    async def __call__(self, link: PeerLink) -> None:
+        await self.handle_peer(link)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read tokens and certificates; a bad file keeps the old one."""
+        if self.tokens.enabled:
+            try:
+                log.info("reloaded %d tokens from %s", self.tokens.load(), self.tokens.path)
+            except ConfigError as exc:
+                log.error("token reload failed, keeping the old tokens: %s", exc)
+        for transport in self.transports:
+            reload = getattr(transport, "reload", None)
+            if reload is not None:
+                try:
+                    reload()
+                except SetupError as exc:
+                    log.error("certificate reload failed, keeping the old one: %s", exc)
+
+    # -- per peer -----------------------------------------------------------------------
+
+    def _policy(self, peer_id: int, link: PeerLink, stats: RelayStats) -> FramePolicy:
+        lock = self.config.lock_mac == "all" or (
+            self.config.lock_mac == "ws" and link.transport in ("ws", "wss")
+        )
+        guard = None
+        if lock or self.config.lock_ip:
+            guard = SourceGuard(
+                self.bridge_mac,
+                claim=lambda mac: self._claim_mac(peer_id, link, mac),
+                leased_ip=self.leased_ip if self.config.lock_ip else None,
+            )
+        return FramePolicy(self.check, stats.drops, guard, self.config.rate_limit)
+
+    def leased_ip(self, mac: bytes) -> bytes | None:
+        """The IPv4 address dnsmasq leased to ``mac`` (None: no lease known)."""
+        return self.leases.ip_of(mac) if self.leases is not None else None
+
+    def _claim_mac(self, peer_id: int, link: PeerLink, mac: bytes) -> None:
+        """A peer's first frame names its MAC; resolve a clash with a connected peer.
+
+        A newcomer from the same address takes the MAC over and the old connection is
+        closed: that is v86 reconnecting after a network drop, before the server has
+        noticed the old connection is dead. From another address it is refused.
+        """
+        owner_id = self.mac_owners.get(mac)
+        owner = self.peers.get(owner_id) if owner_id is not None else None
+        if owner is not None and owner_id != peer_id:
+            if _remote_ip(owner.remote) != _remote_ip(link.remote):
+                raise refuse_mac(mac, f"client {owner_id}")
+            log.info(
+                "client %d takes over MAC %s from client %d (same address: a reconnect)",
+                peer_id,
+                mac.hex(":"),
+                owner_id,
+            )
+            owner.replaced_by = peer_id
+            owner.cancel_scope.cancel()
+        self.mac_owners[mac] = peer_id
 
     async def handle_peer(self, link: PeerLink) -> None:
         """Serve one peer until it ends; never raises anything but Cancelled."""
+        ip = _remote_ip(link.remote)
+        # Limits again, now synchronously with joining (the handshake-time check can race).
+        rejection = self.admission.check(AdmissionRequest(link.transport, ip), authenticate=False)
+        if rejection is not None:
+            log.info("%s %s refused: %s", link.transport, link.remote, rejection.reason)
+            await link.aclose(PeerProtocolError(rejection.reason, rejection.close_code))
+            return
+        self.admission.join(ip)
+        try:
+            await self._serve_admitted(link)
+        finally:
+            self.admission.leave(ip)
+
+    async def _serve_admitted(self, link: PeerLink) -> None:
         peer_id = next(self._ids)
         stats = RelayStats()
         reason: BaseException | None = None
+        policy = self._policy(peer_id, link, stats)
         try:
             async with self.lan.open_tap() as tap:
                 with trio.CancelScope() as scope:
@@ -71,7 +176,7 @@ class Server:
                         tap.name,
                     )
                     try:
-                        await relay(link, tap, self.check, stats)
+                        await relay(link, tap, policy, stats)
                     except* PeerClosed as group:
                         reason = group.exceptions[0]
                     except* PeerError as group:
@@ -79,7 +184,12 @@ class Server:
                     except* OSError as group:
                         reason = group.exceptions[0]
                 if scope.cancelled_caught and reason is None:
-                    reason = PeerClosed("disconnected by the server")
+                    if info.replaced_by is not None:
+                        reason = PeerClosed(
+                            f"replaced by client {info.replaced_by} with the same MAC"
+                        )
+                    else:
+                        reason = PeerClosed("disconnected by the server")
                 queue_drops = tap.kernel_drops()
                 if queue_drops:
                     stats.drops["peer-too-slow"] += queue_drops
@@ -96,6 +206,9 @@ class Server:
                 exc_info=not isinstance(reason, PeerError | OSError),
             )
         finally:
+            mac = policy.guard.mac if policy.guard is not None else None
+            if mac is not None and self.mac_owners.get(mac) == peer_id:
+                del self.mac_owners[mac]
             info_gone = self.peers.pop(peer_id, None)
             stats.drops.update(link.drops)
             if info_gone is not None:
@@ -103,6 +216,14 @@ class Server:
                     "client %d disconnected (%s): %s", peer_id, _describe(reason), stats.summary()
                 )
             await link.aclose(reason)
+
+
+def _remote_ip(remote: str) -> str | None:
+    """The address part of ``host:port`` / ``[v6]:port``; None for unix-socket peers."""
+    if remote.startswith("["):
+        return remote[1:].partition("]")[0]
+    host, sep, port = remote.rpartition(":")
+    return host if sep and port.isdigit() and "/" not in host else None
 
 
 def _describe(reason: BaseException | None) -> str:
@@ -130,15 +251,22 @@ async def run_server(
     config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run until cancelled. ``started()`` reports the Server once every listener accepts."""
+    tokens = TokenStore(config.auth_token_file)
+    if tokens.enabled:
+        log.info("authentication on: %d tokens from %s", tokens.load(), config.auth_token_file)
     transports = build_transports(config)
     try:
         if not transports:
             log.warning("no listener is configured: nothing can connect")
-        async with Lan(config) as lan:
-            server = Server(config, lan, transports)
+        async with Lan(config) as lan, lan_services(config):
+            server = Server(config, lan, transports, tokens)
             async with trio.open_nursery() as nursery:
+                if not config.disable_dhcp:
+                    await nursery.start(serve_dnsmasq, config)
+                if server.leases is not None and config.lock_ip:
+                    nursery.start_soon(server.leases.watch)
                 for transport in transports:
-                    await nursery.start(transport.serve, server.handle_peer)
+                    await nursery.start(transport.serve, server)
                     log.info("listening on %s", transport.describe())
                 log.info("ready: LAN %s on bridge %s", config.subnet, config.bridge)
                 task_status.started(server)
@@ -169,13 +297,19 @@ def log_status(server: Server) -> None:
 
 
 async def serve_until_signal(config: Config) -> None:
-    """The CLI's main: run until SIGINT or SIGTERM; SIGUSR1 logs a status line."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
+    """The CLI's main: run until SIGINT or SIGTERM; SIGHUP reloads tokens and certificates,
+    SIGUSR1 logs a status line."""
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+    with trio.open_signal_receiver(*wanted) as signals:
         async with trio.open_nursery() as nursery:
             server: Server = await nursery.start(run_server, config)
             async for signum in signals:
                 if signum == signal.SIGUSR1:
                     log_status(server)
+                    continue
+                if signum == signal.SIGHUP:
+                    log.info("received SIGHUP: reloading")
+                    server.reload()
                     continue
                 log.info("received %s: stopping", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

@@ -1,0 +1,149 @@
+"""Admission and frame policy as pure logic: tokens, brakes, limits, spoofing, rate."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import pytest
+
+from transports.base import AdmissionRequest, FrameCheck
+from wsnic_trio import ConfigError, PeerProtocolError
+from wsnic_trio._admission import Admission, FailureLimiter, TokenStore
+from wsnic_trio._guard import ByteBucket, FramePolicy, SourceGuard
+
+from . import packets as pk
+
+BRIDGE = pk.mac("02:77:73:00:00:01")
+ME = pk.mac("02:00:00:00:00:05")
+
+
+def store(tmp_path: Path, text: str) -> TokenStore:
+    path = tmp_path / "tokens"
+    path.write_text(text)
+    tokens = TokenStore(path)
+    tokens.load()
+    return tokens
+
+
+def test_token_file_comments_and_blank_lines(tmp_path: Path) -> None:
+    tokens = store(tmp_path, "# classroom A\nalpha-123\n\n  beta  # spare\n")
+    assert tokens.valid("alpha-123") and tokens.valid("beta")
+    assert not tokens.valid("alpha") and not tokens.valid("") and not tokens.valid("# classroom A")
+
+
+@pytest.mark.parametrize(("text", "message"), [("# none\n\n", "no tokens"), ("a b\n", "spaces")])
+def test_bad_token_files(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        store(tmp_path, text)
+
+
+def test_reload_failure_keeps_old_tokens(tmp_path: Path) -> None:
+    tokens = store(tmp_path, "old\n")
+    (tmp_path / "tokens").write_text("")
+    with pytest.raises(ConfigError):
+        tokens.load()
+    assert tokens.valid("old")
+
+
+def test_admission_statuses(tmp_path: Path) -> None:
+    adm = Admission(store(tmp_path, "good\n"), max_clients=2, max_clients_per_ip=1)
+    assert adm.check(AdmissionRequest("ws", "10.0.0.1")).http_status == 401  # type: ignore[union-attr]
+    assert adm.check(AdmissionRequest("ws", "10.0.0.1", ("bad",))).http_status == 403  # type: ignore[union-attr]
+    assert adm.check(AdmissionRequest("ws", "10.0.0.2", ("x", "good"))) is None
+    adm.join("10.0.0.2")
+    per_ip = adm.check(AdmissionRequest("ws", "10.0.0.2", ("good",)))
+    assert per_ip is not None and per_ip.http_status == 503 and "10.0.0.2" in per_ip.reason
+    adm.join("10.0.0.3")
+    full = adm.check(AdmissionRequest("ws", "10.0.0.4", ("good",)))
+    assert full is not None and full.http_status == 503 and full.close_code == 1013
+    adm.leave("10.0.0.3")
+    assert adm.check(AdmissionRequest("ws", "10.0.0.4", ("good",))) is None
+
+
+def test_failed_logins_are_braked_per_address(tmp_path: Path) -> None:
+    now = [0.0]
+    adm = Admission(
+        store(tmp_path, "good\n"), limiter=FailureLimiter(burst=3, refill=10, clock=lambda: now[0])
+    )
+    for _ in range(3):
+        assert adm.check(AdmissionRequest("ws", "10.0.0.9", ("bad",))).http_status == 403  # type: ignore[union-attr]
+    braked = adm.check(AdmissionRequest("ws", "10.0.0.9", ("good",)))
+    assert braked is not None and braked.http_status == 429, "even a good token waits"
+    assert adm.check(AdmissionRequest("ws", "10.0.0.10", ("good",))) is None, "others are not"
+    now[0] = 10.0
+    assert adm.check(AdmissionRequest("ws", "10.0.0.9", ("good",))) is None
+
+
+def test_limiter_memory_is_bounded() -> None:
+    limiter = FailureLimiter(max_entries=100)
+    for i in range(1000):
+        limiter.failed(f"10.0.{i // 256}.{i % 256}")
+    assert len(limiter._buckets) == 100
+
+
+def test_guard_locks_the_first_mac() -> None:
+    claims: list[bytes] = []
+    guard = SourceGuard(BRIDGE, claim=claims.append)
+    other = pk.mac("02:00:00:00:00:06")
+    assert guard.problem(pk.probe_frame(pk.BROADCAST, ME, b"")) is None
+    assert guard.problem(pk.probe_frame(pk.BROADCAST, other, b"")) == "spoofed-mac"
+    assert guard.problem(pk.probe_frame(pk.BROADCAST, BRIDGE, b"")) == "spoofed-mac"
+    assert guard.problem(pk.probe_frame(pk.BROADCAST, pk.mac("03:00:00:00:00:01"), b"")) == (
+        "multicast-source"
+    )
+    assert claims == [ME]
+
+
+def test_guard_refusal_propagates() -> None:
+    def claim(mac: bytes) -> None:
+        raise PeerProtocolError("in use", 1008)
+
+    with pytest.raises(PeerProtocolError):
+        SourceGuard(BRIDGE, claim=claim).problem(pk.probe_frame(pk.BROADCAST, ME, b""))
+
+
+def test_guard_lock_ip() -> None:
+    leases = {ME: pk.ip4("192.168.86.50")}
+    guard = SourceGuard(BRIDGE, leased_ip=leases.get)
+    dhcp = pk.icmp_echo(ME, pk.BROADCAST, "0.0.0.0", "255.255.255.255", 1, 1)
+    assert guard.problem(dhcp) is None
+    assert guard.problem(pk.arp_request(ME, "192.168.86.50", "192.168.86.1")) is None
+    assert guard.problem(pk.arp_request(ME, "192.168.86.51", "192.168.86.1")) == "spoofed-ip"
+    good = pk.icmp_echo(ME, BRIDGE, "192.168.86.50", "192.168.86.1", 1, 1)
+    bad = pk.icmp_echo(ME, BRIDGE, "192.168.86.7", "192.168.86.1", 1, 1)
+    assert guard.problem(good) is None
+    assert guard.problem(bad) == "spoofed-ip"
+    assert guard.problem(pk.probe_frame(BRIDGE, ME, b"")) == "ethertype-not-allowed"
+    lying_arp = bytearray(pk.arp_request(ME, "192.168.86.50", "192.168.86.1"))
+    lying_arp[22:28] = pk.mac("02:00:00:00:00:77")
+    assert guard.problem(bytes(lying_arp)) == "spoofed-arp"
+
+
+def test_unleased_mac_may_only_do_dhcp() -> None:
+    guard = SourceGuard(BRIDGE, leased_ip=lambda mac: None)
+    assert guard.problem(pk.icmp_echo(ME, BRIDGE, "192.168.86.50", "192.168.86.1", 1, 1)) == (
+        "spoofed-ip"
+    )
+
+
+def test_byte_bucket() -> None:
+    bucket = ByteBucket(rate=1000, burst=1500)
+    assert bucket.take(1500, 0.0)
+    assert not bucket.take(100, 0.0)
+    assert bucket.take(500, 0.5)
+    assert not bucket.take(1, 0.5)
+
+
+def test_policy_counts_every_drop() -> None:
+    drops: collections.Counter[str] = collections.Counter()
+    policy = FramePolicy(FrameCheck(1518), drops)
+    frames = [b"x" * 10, b"y" * 60, b"z" * 2000]
+    assert policy.inbound(frames, 0.0) == [b"y" * 60]
+    assert drops == {"runt": 1, "oversize": 1}
+    limited = FramePolicy(FrameCheck(1518), drops, rate_limit=1000)
+    burst = [pk.probe_frame(pk.BROADCAST, ME, b"", size=1514)] * 100
+    passed = limited.inbound(burst, 0.0)
+    assert 0 < len(passed) < 100 and drops["rate-limit"] == 100 - len(passed)
+    out = limited.outbound(burst, 0.0)
+    assert drops["rate-limit-out"] == 100 - len(out)

@@ -1,0 +1,174 @@
+"""dnsmasq's command line, pool and log handling, and the DHCP/DNS options (no root)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+
+import pytest
+
+from wsnic_trio._cli import config_from_args
+from wsnic_trio._config import Config
+from wsnic_trio._dnsmasq import (
+    DnsmasqPlan,
+    _classify,
+    dhcp_pool,
+    dnsmasq_argv,
+    dnsmasq_plan,
+    run_dir,
+)
+from wsnic_trio._exceptions import ConfigError, SetupError
+from wsnic_trio._procs import parse_proc_net
+
+IP = ipaddress.IPv4Address
+NET = ipaddress.IPv4Network
+
+
+def _plan(**kw: object) -> DnsmasqPlan:
+    config = Config.from_mapping(kw)
+    return dnsmasq_plan(config, Path("/run/wsnic-trio/net1-wsbr0"))
+
+
+def test_defaults_bind_only_the_bridge_and_read_no_system_config() -> None:
+    argv = dnsmasq_argv(_plan(), "/usr/sbin/dnsmasq")
+    assert argv[0] == "/usr/sbin/dnsmasq"
+    for flag in (
+        "--keep-in-foreground",
+        "--log-facility=-",
+        "--conf-file=/dev/null",
+        "--no-hosts",
+        "--no-resolv",
+        "--bind-interfaces",
+        "--interface=wsbr0",
+        "--except-interface=lo",
+        "--pid-file=/run/wsnic-trio/net1-wsbr0/dnsmasq.pid",
+        "--dhcp-leasefile=/run/wsnic-trio/net1-wsbr0/dnsmasq.leases",
+        "--dhcp-range=192.168.86.2,192.168.86.254,255.255.255.0,86400",
+        "--dhcp-option=option:router,192.168.86.1",
+        "--dhcp-option=option:dns-server,192.168.86.1",
+        "--domain=lan",
+        "--local=/lan/",
+    ):
+        assert flag in argv
+    assert not any(a.startswith("--server=") for a in argv)
+    assert not any("option:mtu" in a for a in argv)
+
+
+def test_options_reach_the_command_line() -> None:
+    config = config_from_args(
+        [
+            "-s",
+            "10.20.0.0/16",
+            "-t",
+            "600",
+            "-n",
+            "Example.Internal.",
+            "-d",
+            "1.1.1.1,9.9.9.9",
+            "-d",
+            "8.8.8.8",
+            "--dns-upstream",
+            "192.0.2.53",
+            "--dhcp-lease-file",
+            "/var/tmp/x.leases",
+            "--mtu",
+            "9000",
+        ]
+    )
+    argv = dnsmasq_argv(dnsmasq_plan(config, Path("/r")))
+    assert "--dhcp-range=10.20.0.2,10.20.255.254,255.255.0.0,600" in argv
+    assert "--dhcp-option=option:dns-server,1.1.1.1,9.9.9.9,8.8.8.8" in argv
+    assert "--dhcp-option=option:router,10.20.0.1" in argv
+    assert "--domain=example.internal" in argv
+    assert "--server=192.0.2.53" in argv
+    assert "--no-resolv" in argv, "upstream servers are given explicitly, never resolv.conf"
+    assert "--dhcp-leasefile=/var/tmp/x.leases" in argv
+    assert "--dhcp-option=option:mtu,9000" in argv
+    assert "--dhcp-lease-max=65533" in argv
+
+
+@pytest.mark.parametrize(
+    ("subnet", "first", "last"),
+    [
+        ("192.168.86.0/24", "192.168.86.2", "192.168.86.254"),
+        ("10.0.0.0/30", "10.0.0.2", "10.0.0.2"),
+        ("10.0.0.0/29", "10.0.0.2", "10.0.0.6"),
+    ],
+)
+def test_pool_is_the_subnet_minus_network_bridge_broadcast(
+    subnet: str, first: str, last: str
+) -> None:
+    net = NET(subnet)
+    assert dhcp_pool(net, net.network_address + 1) == (IP(first), IP(last))
+
+
+def test_pool_refuses_a_subnet_without_room() -> None:
+    with pytest.raises(SetupError):
+        dhcp_pool(NET("10.0.0.0/31"), IP("10.0.0.1"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-d", "1.1.1.1,nope"], "'nope' is not an IPv4 address"),
+        (["-t", "119"], "shorter than dnsmasq's minimum"),
+        (["-t", "soon"], "invalid literal"),
+        (["-n=-bad-"], "is not a DNS domain name"),
+        (["-n", "a..b"], "is not a DNS domain name"),
+        (["-s", "10.0.0.0/31"], "too small"),
+        (["--allow-private", "10.0.0.0/33"], "is not an IPv4 network"),
+        (["-f", "this-name-is-too-long"], "is not a valid interface name"),
+    ],
+)
+def test_bad_values_are_config_errors(args: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from_args(args)
+
+
+def test_file_and_toml_forms_of_the_new_options(tmp_path: Path) -> None:
+    conf = tmp_path / "wsnic.conf"
+    conf.write_text("dhcp_nameserver = 1.1.1.1, 9.9.9.9\nenable_inet = yes\ndisable_dhcp = no\n")
+    config = config_from_args(["-c", str(conf)])
+    assert config.dhcp_nameserver == (IP("1.1.1.1"), IP("9.9.9.9"))
+    assert config.enable_inet and not config.disable_dhcp
+    toml = tmp_path / "wsnic.toml"
+    toml.write_text('allow_private = ["10.1.0.0/16", "172.16.5.0/24"]\ninet_iface = "eth1"\n')
+    config = config_from_args(["-c", str(toml), "--allow-private", "192.168.7.0/24"])
+    assert config.allow_private == (NET("192.168.7.0/24"),), "the command line wins"
+    assert config.inet_iface == "eth1"
+
+
+def test_run_dir_is_per_namespace_and_bridge() -> None:
+    assert run_dir("wsbr0", 4026531833) == Path("/run/wsnic-trio/net4026531833-wsbr0")
+    assert run_dir("wsbr0", 1) != run_dir("wsbr0", 2)
+
+
+@pytest.mark.parametrize(
+    ("line", "level"),
+    [
+        ("started, version 2.90 cachesize 150", logging.INFO),
+        ("warning: no upstream servers configured", logging.DEBUG),
+        ("failed to bind DHCP server socket: Address already in use", logging.ERROR),
+        ("warning: interface wsbr0 does not currently exist", logging.WARNING),
+        ("DHCPACK(wsbr0) 192.168.86.9 02:00:00:00:00:01 alice", logging.INFO),
+    ],
+)
+def test_log_lines_get_a_level(line: str, level: int) -> None:
+    assert _classify(line) == level
+
+
+def test_parse_proc_net_udp() -> None:
+    text = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+        "timeout inode ref pointer drops\n"
+        "  1: 0156A8C0:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0"
+        "        0 123456 2 0000000000000000 0\n"
+        "  2: 00000000:0043 00000000:0000 07 00000000:00000000 00:00000000 00000000     0"
+        "        0 654321 2 0000000000000000 0\n"
+    )
+    socks = parse_proc_net(text)
+    assert [(str(s.address), s.port, s.inode) for s in socks] == [
+        ("192.168.86.1", 53, 123456),
+        ("0.0.0.0", 67, 654321),
+    ]

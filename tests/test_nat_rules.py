@@ -1,0 +1,81 @@
+"""The nftables ruleset and the table's note, built without any I/O (no root)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from wsnic_trio._nat import NatPlan, TableNote, build_ruleset, delete_script, table_name
+
+NET = ipaddress.IPv4Network
+
+
+def _plan(allow: tuple[str, ...] = (), bridge: str = "wsbr0") -> NatPlan:
+    return NatPlan(
+        bridge=bridge,
+        subnet=NET("192.168.86.0/24"),
+        bridge_address=ipaddress.IPv4Address("192.168.86.1"),
+        uplink="eth0",
+        allow_private=[NET(a) for a in allow],
+        note=TableNote(4242, bridge, "0"),
+    )
+
+
+def test_one_table_replaced_atomically_with_its_note() -> None:
+    text = build_ruleset(_plan())
+    lines = text.splitlines()
+    # create-then-delete-then-define: replaces a leftover table in one transaction.
+    assert lines[:3] == [
+        "table inet wsnic_trio_wsbr0",
+        "delete table inet wsnic_trio_wsbr0",
+        "table inet wsnic_trio_wsbr0 {",
+    ]
+    assert 'comment "wsnic-trio pid=4242 bridge=wsbr0 ip_forward=0"' in text
+    assert text.count("table inet ") == 3, "nothing outside our own table"
+
+
+def test_masquerade_out_only_replies_in() -> None:
+    text = build_ruleset(_plan())
+    assert (
+        'ip saddr 192.168.86.0/24 ip daddr != 192.168.86.0/24 oifname != "wsbr0" masquerade' in text
+    )
+    forward = text[text.index("chain forward") : text.index("chain postrouting")]
+    rules = [line.strip() for line in forward.splitlines()[2:] if line.strip() not in ("", "}")]
+    assert rules[:2] == [
+        'oifname "wsbr0" ct state established,related accept',
+        'oifname "wsbr0" drop',
+    ]
+    assert 'iifname "wsbr0" oifname "eth0" meta nfproto ipv4 accept' in rules
+    assert rules[-1] == 'iifname "wsbr0" drop'
+    assert "policy accept" in forward, "traffic that is not the LAN's is left alone"
+
+
+def test_private_networks_blocked_and_allowed_ones_first() -> None:
+    text = build_ruleset(_plan(allow=("10.1.0.0/16", "10.0.0.0/8", "172.16.5.0/24")))
+    blocked = "{ 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 169.254.0.0/16 } drop"
+    for chain in ("input", "forward"):
+        body = text[text.index(f"chain {chain}") :]
+        body = body[: body.index("}\n")]
+        allow_at = body.index("{ 10.0.0.0/8, 172.16.5.0/24 } accept")  # overlaps collapsed
+        assert allow_at < body.index(blocked)
+    assert 'iifname "wsbr0" ip daddr 192.168.86.0/24 accept' in text, "the bridge stays open"
+
+
+def test_no_allow_rule_without_allowed_networks() -> None:
+    assert "} accept" not in build_ruleset(_plan())
+
+
+def test_table_name_is_a_valid_nft_identifier() -> None:
+    assert table_name("br-lan.5") == "wsnic_trio_br_lan_5"
+    assert table_name("wsbr0") == "wsnic_trio_wsbr0"
+    assert delete_script("wsbr0") == (
+        "table inet wsnic_trio_wsbr0\ndelete table inet wsnic_trio_wsbr0\n"
+    )
+
+
+def test_note_round_trip_and_foreign_comments() -> None:
+    note = TableNote(77, "wsbr0", "1")
+    assert TableNote.parse(note.render()) == note
+    assert TableNote.parse(None) is None
+    assert TableNote.parse("set up by hand") is None
+    assert TableNote.parse("wsnic-trio pid=x bridge=wsbr0 ip_forward=0") is None
+    assert TableNote.parse("wsnic-trio pid=5 bridge=wsbr0") is None

@@ -1,0 +1,143 @@
+"""The host is restored exactly, however the server stops: a before/after snapshot of the
+server's namespace (links, IPv4 addresses and routes, the nft ruleset, ip_forward, the
+run directory with the temporary lease file, and processes) must be identical."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+
+from .lanhost import add_client, forget_stale_run_dir, require_tools, snapshot, watchdog_of
+from .netns import NetNS, NsFactory, NsProcess
+
+
+def _setup(world: NsFactory) -> tuple[NetNS, NetNS]:
+    srv, upstream = world.new("srv"), world.new("up")
+    world.link(srv, "198.18.1.1/30", upstream, "198.18.1.2/30")
+    srv.ip("route", "add", "default", "via", "198.18.1.2")
+    forget_stale_run_dir(srv)
+    return srv, upstream
+
+
+async def _start_busy(srv: NetNS) -> NsProcess:
+    blocker = await srv.start(
+        [
+            "python3",
+            "-c",
+            "import socket, time\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.bind(('0.0.0.0', 67))\n"
+            "print('bound', flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        label="dhcp-blocker",
+    )
+    await blocker.log.wait_for("bound")
+    return blocker
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
+async def test_restored_after_a_normal_stop(world: NsFactory, tmp_path: Path, how: str) -> None:
+    require_tools()
+    srv, _ = _setup(world)
+    client = await add_client(world, srv, tmp_path, 0, "guest", wait=False)
+    before = snapshot(srv)  # the client's veth predates `before`; its TAP comes later
+    server = await srv.start_wsnic("-a", "0.0.0.0", "-i")
+    await client.connect.log.wait_for(r"connected to ws://", timeout=30)
+    await client.dhcp("guest")
+    during = snapshot(srv)
+    assert "wsbr0" in during["links"] and "wstap0" in during["links"]
+    assert "wsnic_trio_wsbr0" in during["nft"]
+    assert during["ip_forward"].strip() == "1" and during["run_dir"] == "present"
+    assert "dnsmasq" in during["processes"]
+    assert await server.stop(getattr(signal, how)) == 0
+    assert snapshot(srv) == before
+
+
+async def test_restored_after_an_error_during_start_up(world: NsFactory) -> None:
+    require_tools()
+    srv, _ = _setup(world)
+    blocker = await _start_busy(srv)
+    before = snapshot(srv)
+    # Bridge and NAT are up when dnsmasq finds port 67 taken; all of it must be undone.
+    server = await srv.start_wsnic("-i", ready=False)
+    assert await server.wait() == 2
+    assert server.log.find(r"NAT on:"), "the failure came after NAT was set up"
+    error = server.log.find(r"wsnic-trio: error: (.*)")
+    assert error is not None, server.log.text()
+    assert f"67/udp on 0.0.0.0 is held by python3 (pid {blocker.pid}" in error.group(1)
+    assert "Traceback" not in server.log.text()
+    assert snapshot(srv) == before
+
+
+async def test_restored_by_the_next_start_after_kill_9(world: NsFactory) -> None:
+    require_tools()
+    srv, _ = _setup(world)
+    before = snapshot(srv)
+    first = await srv.start_wsnic("-i")
+    dnsmasq = int((await first.log.wait_for(r"dnsmasq ready \(pid (\d+)\)")).group(1))
+    watchdog = watchdog_of(dnsmasq)
+    assert watchdog is not None
+    os.kill(watchdog, signal.SIGKILL)  # the worst case: nothing stops the old dnsmasq
+    await first.stop(signal.SIGKILL)
+    left = snapshot(srv)
+    assert "wsbr0" in left["links"] and "wsnic_trio_wsbr0" in left["nft"]
+    assert left["ip_forward"].strip() == "1" and "dnsmasq" in left["processes"]
+
+    second = await srv.start_wsnic()  # even without -i it undoes the old run's NAT
+    log = second.log
+    assert log.find(rf"removed bridge wsbr0 left behind by an earlier run \(pid {first.pid}\)")
+    assert log.find(rf"stopping dnsmasq \(pid {dnsmasq}\) left behind by an earlier run")
+    assert log.find(r"net\.ipv4\.ip_forward restored to 0, as it was before an earlier run")
+    assert log.find(rf"removed nftables table inet wsnic_trio_wsbr0 .*\(pid {first.pid}\)")
+    assert await second.stop() == 0
+    assert snapshot(srv) == before
+
+
+async def test_kill_9_then_start_with_nat_keeps_the_original_sysctl(world: NsFactory) -> None:
+    """The second run must record the *original* ip_forward (0), not the 1 it found."""
+    require_tools()
+    srv, _ = _setup(world)
+    before = snapshot(srv)
+    first = await srv.start_wsnic("-i")
+    await first.stop(signal.SIGKILL)
+    second = await srv.start_wsnic("-i")
+    assert second.log.find(r"net\.ipv4\.ip_forward was 0: set to 1 for this run")
+    assert await second.stop() == 0
+    with trio.fail_after(10):  # the killed run's dnsmasq goes by its watchdog
+        while snapshot(srv) != before:
+            await trio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--dhcp-lease-file", "/nonexistent-wsnic-dir/leases"],
+            r"--dhcp-lease-file /nonexistent-wsnic-dir/leases: directory "
+            r"/nonexistent-wsnic-dir does not exist",
+        ),
+        (["-d", "192.168.86.1,not-an-ip"], r"-d.*'not-an-ip' is not an IPv4 address"),
+        (["-s", "192.168.86.0/31"], r"subnet 192\.168\.86\.0/31 is too small"),
+        (["-t", "30"], r"lease time 30 s is shorter than dnsmasq's minimum"),
+        (["-n", "bad_domain!"], r"'bad_domain!' is not a DNS domain name"),
+        (["-i"], r"--enable-inet: this host has no IPv4 default route"),
+        (["-i", "-f", "nosuch0"], r"--inet-iface nosuch0: no such interface"),
+    ],
+)
+async def test_bad_input_is_a_clear_error_and_leaves_nothing(
+    world: NsFactory, args: list[str], message: str
+) -> None:
+    require_tools()
+    srv = world.new("srv")  # no default route here
+    forget_stale_run_dir(srv)
+    before = snapshot(srv)
+    server = await srv.start_wsnic(*args, ready=False)
+    assert await server.wait() == 2
+    assert server.log.find(r"wsnic-trio: error: .*" + message), server.log.text()
+    assert "Traceback" not in server.log.text()
+    assert snapshot(srv) == before

@@ -1,0 +1,335 @@
+"""QEMU ``-netdev stream`` front end: unix or TCP listeners, outbound dialling, client dialer.
+
+Wire format (QEMU ``net/stream.c``): a byte stream of frames, each behind a 4-byte
+big-endian length; the rules live in :mod:`transports.stream_protocol`.
+
+Liveness: a stream peer ends at EOF or a reset; TCP sockets get keepalive. A stream has
+no ping, so one more rule protects the server from a client that starts a frame and
+stalls: a frame left incomplete for ``--partial-frame-timeout`` seconds closes the peer
+(a live QEMU always writes whole frames, so the rest follows within microseconds).
+
+Outbound mode (``--qemu-connect``): the server dials a QEMU started with
+``-netdev stream,server=on`` and dials again, with backoff, whenever it goes away or
+is not there yet. QEMU before 7.2's ``reconnect=`` option cannot redial a restarted
+server by itself; in this mode it does not need to.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import errno
+import logging
+import os
+import socket
+import urllib.parse
+from typing import TYPE_CHECKING
+
+import trio
+
+from wsnic_trio._exceptions import PeerClosed, PeerError, PeerProtocolError, PeerTimeout
+
+from ._sockio import SocketIO
+from ._unixpath import UnixPath, bind_unix
+from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler
+from .stream_protocol import StreamFramingError, StreamProtocol
+
+if TYPE_CHECKING:
+    from wsnic_trio._config import Config
+
+__all__ = [
+    "Endpoint",
+    "QemuConnectTransport",
+    "QemuStreamTransport",
+    "StreamLink",
+    "dial_qemu_stream",
+    "parse_endpoint",
+]
+
+log = logging.getLogger("wsnic_trio.qemu")
+
+_REDIAL_MIN = 0.5
+_REDIAL_MAX = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """``unix:PATH`` or ``tcp:HOST:PORT`` (``tcp:[v6addr]:PORT`` for IPv6)."""
+
+    kind: str  # "unix" | "tcp"
+    path: str = ""
+    host: str = ""
+    port: int = 0
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp:{host}:{self.port}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse ``unix:PATH`` / ``tcp:HOST:PORT``; raises ValueError with a usable message."""
+    kind, sep, rest = text.partition(":")
+    if sep and kind == "unix" and rest:
+        return Endpoint("unix", path=rest)
+    if sep and kind == "tcp":
+        host, sep2, port_text = rest.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if sep2 and host and port_text.isdigit() and 0 < int(port_text) <= 65535:
+            return Endpoint("tcp", host=host, port=int(port_text))
+    raise ValueError(
+        f"{text!r} is not an endpoint such as unix:/run/wsnic/qemu.sock or tcp:127.0.0.1:9000"
+    )
+
+
+def _stream_options(sock: socket.socket) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # Notice a vanished host in about a minute and a half instead of two hours.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+
+
+class StreamLink:
+    """A peer whose frames travel length-prefixed over a stream socket (either side)."""
+
+    transport = "qemu"
+
+    def __init__(
+        self, io: SocketIO, proto: StreamProtocol, remote: str, partial_frame_timeout: float
+    ) -> None:
+        self.io = io
+        self.proto = proto
+        self.remote = remote
+        self.liveness = Liveness()
+        self.last_received = trio.current_time()
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.partial_frame_timeout = partial_frame_timeout
+
+    async def receive_frames(self) -> list[bytes]:
+        proto = self.proto
+        while True:
+            if proto.pending:
+                with trio.move_on_after(self.partial_frame_timeout) as scope:
+                    data = await self.io.recv_some()
+                if scope.cancelled_caught:
+                    raise PeerTimeout(
+                        f"a frame stayed incomplete for {self.partial_frame_timeout:g} s "
+                        f"({proto.pending} bytes of it received)"
+                    )
+            else:
+                data = await self.io.recv_some()
+            try:
+                if not data:
+                    proto.end_of_stream()
+                    raise PeerClosed("end of stream")
+                frames = proto.receive_data(data)
+            except StreamFramingError as exc:
+                raise PeerProtocolError(str(exc)) from None
+            self.last_received = trio.current_time()
+            if frames:
+                return frames
+
+    async def send_frames(self, frames: list[bytes]) -> None:
+        await self.io.send_all(self.proto.encode(frames))
+
+    async def ping(self) -> None:
+        """The stream format has no ping; liveness is EOF and TCP keepalive."""
+
+    async def aclose(self, reason: BaseException | None = None) -> None:
+        self.io.close()
+
+
+def _peer_name(addr: object, endpoint: Endpoint) -> str:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = f"[{addr[0]}]" if ":" in str(addr[0]) else str(addr[0])
+        return f"{host}:{addr[1]}"
+    return str(endpoint)  # unix clients are usually unnamed: name the socket they used
+
+
+class QemuStreamTransport:
+    """One listener (unix or TCP); every accepted connection is its own peer."""
+
+    name = "qemu"
+
+    def __init__(self, config: Config, endpoint: Endpoint) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self.unix: UnixPath | None = None
+        if endpoint.kind == "unix":
+            self.unix = bind_unix(
+                endpoint.path, socket.SOCK_STREAM, config.socket_mode, "QEMU stream listener"
+            )
+            self.sock = self.unix.sock
+        else:
+            from .websocket import tcp_listener
+
+            self.sock = tcp_listener(endpoint.host, endpoint.port, "QEMU stream listener")
+        self.address = self.sock.getsockname()
+
+    @classmethod
+    def from_config(cls, config: Config) -> list[QemuStreamTransport | QemuConnectTransport]:
+        made: list[QemuStreamTransport | QemuConnectTransport] = []
+        try:
+            for text in config.qemu:
+                made.append(cls(config, parse_endpoint(text)))
+        except BaseException:
+            for transport in made:
+                transport.close()
+            raise
+        made.extend(QemuConnectTransport(config, parse_endpoint(t)) for t in config.qemu_connect)
+        return made
+
+    def describe(self) -> str:
+        if self.endpoint.kind == "unix":
+            return f"qemu stream unix:{self.endpoint.path}"
+        host, port = self.address[0], self.address[1]
+        return f"qemu stream tcp:{f'[{host}]' if ':' in host else host}:{port}"
+
+    def close(self) -> None:
+        if self.unix is not None:
+            self.unix.close()
+        elif self.sock.fileno() != -1:
+            self.sock.close()
+
+    async def serve(
+        self, handler: PeerHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    await trio.lowlevel.wait_readable(self.sock)
+                    try:
+                        conn, addr = self.sock.accept()
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        log.error("accept failed: %s", exc.strerror)
+                        await trio.sleep(0.1)
+                        continue
+                    remote = _peer_name(addr, self.endpoint)
+                    remote_ip = addr[0] if isinstance(addr, tuple) else None
+                    nursery.start_soon(
+                        run_stream_peer, conn, remote, remote_ip, self.config, handler
+                    )
+        finally:
+            trio.lowlevel.notify_closing(self.sock)
+            self.close()
+
+
+async def run_stream_peer(
+    conn: socket.socket,
+    remote: str,
+    remote_ip: str | None,
+    config: Config,
+    handler: PeerHandler,
+) -> None:
+    """Hand one connected stream socket to the core; its errors end here."""
+    rejection = handler.admit(AdmissionRequest("qemu", remote_ip))
+    if rejection is not None:
+        # The stream format has no way to say why: log it, and close.
+        log.warning("%s: refused: %s", remote, rejection.reason)
+        conn.close()
+        return
+    _stream_options(conn)
+    io = SocketIO(conn, send_stall_timeout=config.ping_timeout)
+    link = StreamLink(io, StreamProtocol(config.max_frame), remote, config.partial_frame_timeout)
+    try:
+        await handler(link)
+    except* (OSError, PeerError) as group:
+        for exc in group.exceptions:
+            log.debug("%s: connection ended: %r", remote, exc)
+    finally:
+        await link.aclose()
+
+
+async def _open_stream(endpoint: Endpoint) -> socket.socket:
+    """Connect without blocking Trio; raises OSError naming the endpoint."""
+    sockaddr: str | tuple[object, ...]
+    if endpoint.kind == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sockaddr = endpoint.path
+    else:
+        infos = await trio.socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+        family, type_, proto_num, _, sockaddr = infos[0]
+        sock = socket.socket(family, type_, proto_num)
+    sock.setblocking(False)
+    try:
+        try:
+            sock.connect(sockaddr)
+            err = 0
+        except BlockingIOError:  # EINPROGRESS (TCP) or EAGAIN (unix backlog full)
+            await trio.lowlevel.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+        if err:
+            raise OSError(err, f"cannot connect to {endpoint}: {os.strerror(err)}")
+    except BaseException:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+        raise
+    return sock
+
+
+class QemuConnectTransport:
+    """Outbound mode: keep one peer connected to a listening QEMU, redialling for ever."""
+
+    name = "qemu"
+
+    def __init__(self, config: Config, endpoint: Endpoint) -> None:
+        self.config = config
+        self.endpoint = endpoint
+
+    def describe(self) -> str:
+        return f"qemu stream, dialling {self.endpoint}"
+
+    def close(self) -> None:
+        """Nothing is bound in outbound mode."""
+
+    async def serve(
+        self, handler: PeerHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        delay = _REDIAL_MIN
+        failing = False
+        while True:
+            try:
+                with trio.fail_after(self.config.handshake_timeout):
+                    conn = await _open_stream(self.endpoint)
+            except (OSError, trio.TooSlowError) as exc:
+                if not failing:  # say it once, not at every attempt
+                    why = exc.strerror if isinstance(exc, OSError) else "connect timed out"
+                    log.warning("%s: %s; retrying with backoff", self.endpoint, why)
+                    failing = True
+                await trio.sleep(delay)
+                delay = min(_REDIAL_MAX, delay * 2)
+                continue
+            failing = False
+            delay = _REDIAL_MIN
+            log.info("%s: connected", self.endpoint)
+            remote_ip = self.endpoint.host if self.endpoint.kind == "tcp" else None
+            await run_stream_peer(conn, str(self.endpoint), remote_ip, self.config, handler)
+            await trio.sleep(_REDIAL_MIN)
+
+
+async def dial_qemu_stream(
+    url: str, *, check: FrameCheck, liveness: Liveness, connect_timeout: float = 10.0
+) -> StreamLink:
+    """Client side (``wsnic-trio connect``): ``qemu+unix:PATH`` or ``qemu+tcp://HOST:PORT``."""
+    if url.startswith("qemu+unix:"):
+        endpoint = Endpoint("unix", path=url.removeprefix("qemu+unix:"))
+    else:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "qemu+tcp" or not parts.hostname or not parts.port:
+            raise ValueError(f"{url!r}: expected qemu+unix:PATH or qemu+tcp://HOST:PORT")
+        endpoint = Endpoint("tcp", host=parts.hostname, port=parts.port)
+    with trio.fail_after(connect_timeout):
+        sock = await _open_stream(endpoint)
+    _stream_options(sock)
+    io = SocketIO(sock, send_stall_timeout=liveness.timeout or 60.0)
+    return StreamLink(io, StreamProtocol(check.max_frame), str(endpoint), 60.0)

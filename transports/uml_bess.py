@@ -1,0 +1,144 @@
+"""UML vector ``transport=bess`` front end: a unix SOCK_SEQPACKET listener.
+
+UML (``vecN:transport=bess,dst=PATH[,src=PATH]``) connects to ``dst``, optionally after
+binding its own ``src`` path; each seqpacket message is one Ethernet frame, both ways.
+Every accepted connection is its own peer. Liveness is the connection itself: UML's
+exit (or crash) closes the socket and the peer ends at EOF.
+
+An empty message cannot be told from EOF by ``recv`` alone on a seqpacket socket; the
+link asks ``poll`` whether the peer hung up, so an empty message is only dropped and
+counted as a runt.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+import trio
+
+from wsnic_trio._exceptions import PeerError, SetupError
+
+from ._packetio import PacketLink
+from ._unixpath import bind_unix
+from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler
+
+if TYPE_CHECKING:
+    from wsnic_trio._config import Config
+
+__all__ = ["BessTransport", "dial_bess"]
+
+log = logging.getLogger("wsnic_trio.bess")
+
+
+def _remote(conn: socket.socket, path: str) -> str:
+    """UML's own ``src`` path when it bound one, else the listener's path."""
+    try:
+        peer = conn.getpeername()
+    except OSError:
+        peer = ""
+    if isinstance(peer, bytes):
+        peer = "@" + peer[1:].decode(errors="replace")
+    return f"unix:{peer or path}"
+
+
+class BessTransport:
+    """One seqpacket listener; any number of UML instances, each its own peer."""
+
+    name = "bess"
+
+    def __init__(self, config: Config, path: str) -> None:
+        self.config = config
+        self.path = path
+        self.unix = bind_unix(path, socket.SOCK_SEQPACKET, config.socket_mode, "bess listener")
+        self.sock = self.unix.sock
+
+    @classmethod
+    def from_config(cls, config: Config) -> list[BessTransport]:
+        made: list[BessTransport] = []
+        try:
+            for path in config.bess:
+                made.append(cls(config, path))
+        except BaseException:
+            for transport in made:
+                transport.close()
+            raise
+        return made
+
+    def describe(self) -> str:
+        return f"bess (UML vector) unix:{self.path}"
+
+    def close(self) -> None:
+        self.unix.close()
+
+    async def serve(
+        self, handler: PeerHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    await trio.lowlevel.wait_readable(self.sock)
+                    try:
+                        conn, _ = self.sock.accept()
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        log.error("accept failed: %s", exc.strerror)
+                        await trio.sleep(0.1)
+                        continue
+                    nursery.start_soon(self._peer, conn, handler)
+        finally:
+            trio.lowlevel.notify_closing(self.sock)
+            self.close()
+
+    async def _peer(self, conn: socket.socket, handler: PeerHandler) -> None:
+        remote = _remote(conn, self.path)
+        rejection = handler.admit(AdmissionRequest("bess", None))
+        if rejection is not None:
+            log.warning("%s: refused: %s", remote, rejection.reason)
+            conn.close()
+            return
+        link = PacketLink(
+            conn,
+            transport="bess",
+            remote=remote,
+            liveness=Liveness(),
+            max_frame=self.config.max_frame,
+            send_stall_timeout=self.config.ping_timeout,
+        )
+        try:
+            await handler(link)
+        except* (OSError, PeerError) as group:
+            for exc in group.exceptions:
+                log.debug("%s: connection ended: %r", link.remote, exc)
+        finally:
+            await link.aclose()
+
+
+async def dial_bess(
+    url: str, *, check: FrameCheck, liveness: Liveness, connect_timeout: float = 10.0
+) -> PacketLink:
+    """Client side (``wsnic-trio connect bess:PATH``): speak to the server as UML would."""
+    path = url.removeprefix("bess:")
+    if not path or path == url:
+        raise SetupError(f"{url!r}: expected bess:PATH")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.setblocking(False)
+    try:
+        # A unix connect does not wait for accept(): it succeeds, or fails at once
+        # (EAGAIN when the server's backlog is full).
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot connect to bess:{path}: {exc.strerror}") from None
+    await trio.lowlevel.checkpoint()
+    return PacketLink(
+        sock,
+        transport="bess",
+        remote=f"unix:{path}",
+        liveness=Liveness(),
+        max_frame=check.max_frame,
+        send_stall_timeout=liveness.timeout or 60.0,
+    )

@@ -1,0 +1,157 @@
+"""Per-peer frame policy: size rules, anti-spoofing and rate limits, as pure functions of bytes.
+
+One object per peer, called once per batch in each direction by the relay. Each check
+is a few byte comparisons; the policy objects are built so that what is switched off
+costs nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+from transports.base import FrameCheck
+
+from ._exceptions import PeerProtocolError
+
+__all__ = ["ByteBucket", "FramePolicy", "SourceGuard"]
+
+_ETH_ARP = b"\x08\x06"
+_ETH_IPV4 = b"\x08\x00"
+_ZERO_IP = b"\0\0\0\0"
+
+
+class ByteBucket:
+    """Token bucket in bytes per second; a frame that does not fit is dropped, not delayed.
+
+    Delaying would need a queue, and queues are what we do not grow; Ethernet is allowed
+    to drop, and TCP inside the guest backs off when it sees the loss.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.burst = burst if burst is not None else max(rate / 4, 65536.0)
+        self.level = self.burst
+        self.when: float | None = None
+
+    def take(self, size: int, now: float) -> bool:
+        if self.when is not None:
+            self.level = min(self.burst, self.level + (now - self.when) * self.rate)
+        self.when = now
+        if size > self.level:
+            return False
+        self.level -= size
+        return True
+
+
+class SourceGuard:
+    """Which source MAC (and optionally IPv4 address) a peer may send from.
+
+    The first frame fixes the MAC (``claim`` asks the server whether it is free; it
+    raises to refuse). With ``leased_ip`` the peer may only send ARP and IPv4 from the
+    address dnsmasq leased to its MAC, plus what DHCP needs before there is a lease.
+    """
+
+    def __init__(
+        self,
+        bridge_mac: bytes,
+        claim: Callable[[bytes], None] | None = None,
+        leased_ip: Callable[[bytes], bytes | None] | None = None,
+    ) -> None:
+        self.bridge_mac = bridge_mac
+        self.claim = claim
+        self.leased_ip = leased_ip
+        self.mac: bytes | None = None
+
+    def problem(self, frame: bytes) -> str | None:
+        src = frame[6:12]
+        if src[0] & 1:
+            return "multicast-source"
+        if src == self.bridge_mac:
+            return "spoofed-mac"
+        if self.mac is None:
+            if self.claim is not None:
+                self.claim(src)
+            self.mac = src
+        elif src != self.mac:
+            return "spoofed-mac"
+        if self.leased_ip is None:
+            return None
+        return self._ip_problem(frame, src)
+
+    def _ip_problem(self, frame: bytes, src: bytes) -> str | None:
+        assert self.leased_ip is not None
+        kind = frame[12:14]
+        if kind == _ETH_IPV4:
+            if len(frame) < 34:
+                return "runt"
+            sender = frame[26:30]
+        elif kind == _ETH_ARP:
+            if len(frame) < 42:
+                return "runt"
+            if frame[22:28] != src:
+                return "spoofed-arp"
+            sender = frame[28:32]
+        else:
+            return "ethertype-not-allowed"
+        if sender == _ZERO_IP:  # DHCP discover/request, ARP probe
+            return None
+        leased = self.leased_ip(src)
+        if leased is None or sender != leased:
+            return "spoofed-ip"
+        return None
+
+
+class FramePolicy:
+    """Everything a frame must pass on its way between one peer and the bridge."""
+
+    def __init__(
+        self,
+        check: FrameCheck,
+        drops: collections.Counter[str],
+        guard: SourceGuard | None = None,
+        rate_limit: float = 0.0,
+    ) -> None:
+        self.check = check
+        self.drops = drops
+        self.guard = guard
+        self.bucket_in = ByteBucket(rate_limit) if rate_limit else None
+        self.bucket_out = ByteBucket(rate_limit) if rate_limit else None
+
+    def inbound(self, frames: list[bytes], now: float) -> list[bytes]:
+        """Frames from the peer that may enter the bridge."""
+        check, guard, bucket = self.check.problem, self.guard, self.bucket_in
+        if guard is None and bucket is None:
+            good = [f for f in frames if check(f) is None]
+            if len(good) != len(frames):
+                for f in frames:
+                    if (problem := check(f)) is not None:
+                        self.drops[problem] += 1
+            return good
+        good = []
+        for frame in frames:
+            problem = check(frame)
+            if problem is None and guard is not None:
+                problem = guard.problem(frame)
+            if problem is None and bucket is not None and not bucket.take(len(frame), now):
+                problem = "rate-limit"
+            if problem is None:
+                good.append(frame)
+            else:
+                self.drops[problem] += 1
+        return good
+
+    def outbound(self, frames: list[bytes], now: float) -> list[bytes]:
+        """Frames from the bridge that may go to the peer (only the rate limit applies)."""
+        bucket = self.bucket_out
+        if bucket is None:
+            return frames
+        good = [f for f in frames if bucket.take(len(f), now)]
+        if len(good) != len(frames):
+            self.drops["rate-limit-out"] += len(frames) - len(good)
+        return good
+
+
+def refuse_mac(mac: bytes, owner: str) -> PeerProtocolError:
+    text = ":".join(f"{b:02x}" for b in mac)
+    return PeerProtocolError(f"MAC {text} is in use by another client ({owner})", 1008)
