@@ -42,6 +42,7 @@ import trio
 
 from wsnic_trio._exceptions import PeerClosed, PeerError, SetupError
 
+from ._listen import bind_all
 from ._packetio import PacketLink
 from ._unixpath import UnixPath, bind_unix
 from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler
@@ -160,15 +161,7 @@ class DgramTransport:
 
     @classmethod
     def from_config(cls, config: Config) -> list[DgramTransport]:
-        made: list[DgramTransport] = []
-        try:
-            for path in config.dgram:
-                made.append(cls(config, path))
-        except BaseException:
-            for transport in made:
-                transport.close()
-            raise
-        return made
+        return bind_all(lambda path: cls(config, path), config.dgram)
 
     def describe(self) -> str:
         return f"dgram (vfkit, QEMU dgram) unix:{self.path}"

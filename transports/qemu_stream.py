@@ -23,12 +23,13 @@ import logging
 import os
 import socket
 import urllib.parse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from wsnic_trio._exceptions import PeerClosed, PeerError, PeerProtocolError, PeerTimeout
 
+from ._listen import accept_forever, bind_all
 from ._sockio import SocketIO
 from ._unixpath import UnixPath, bind_unix
 from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler
@@ -173,13 +174,7 @@ class QemuStreamTransport:
     @classmethod
     def from_config(cls, config: Config) -> list[QemuStreamTransport | QemuConnectTransport]:
         made: list[QemuStreamTransport | QemuConnectTransport] = []
-        try:
-            for text in config.qemu:
-                made.append(cls(config, parse_endpoint(text)))
-        except BaseException:
-            for transport in made:
-                transport.close()
-            raise
+        made.extend(bind_all(lambda text: cls(config, parse_endpoint(text)), config.qemu))
         made.extend(QemuConnectTransport(config, parse_endpoint(t)) for t in config.qemu_connect)
         return made
 
@@ -198,27 +193,12 @@ class QemuStreamTransport:
     async def serve(
         self, handler: PeerHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                task_status.started()
-                while True:
-                    await trio.lowlevel.wait_readable(self.sock)
-                    try:
-                        conn, addr = self.sock.accept()
-                    except BlockingIOError:
-                        continue
-                    except OSError as exc:
-                        log.error("accept failed: %s", exc.strerror)
-                        await trio.sleep(0.1)
-                        continue
-                    remote = _peer_name(addr, self.endpoint)
-                    remote_ip = addr[0] if isinstance(addr, tuple) else None
-                    nursery.start_soon(
-                        run_stream_peer, conn, remote, remote_ip, self.config, handler
-                    )
-        finally:
-            trio.lowlevel.notify_closing(self.sock)
-            self.close()
+        async def on_connection(conn: socket.socket, addr: Any) -> None:
+            remote = _peer_name(addr, self.endpoint)
+            remote_ip = addr[0] if isinstance(addr, tuple) else None
+            await run_stream_peer(conn, remote, remote_ip, self.config, handler)
+
+        await accept_forever(self.sock, on_connection, self.close, task_status=task_status)
 
 
 async def run_stream_peer(

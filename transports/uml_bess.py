@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from wsnic_trio._exceptions import PeerError, SetupError
 
+from ._listen import accept_forever, bind_all
 from ._packetio import PacketLink
 from ._unixpath import bind_unix
 from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler
@@ -56,15 +57,7 @@ class BessTransport:
 
     @classmethod
     def from_config(cls, config: Config) -> list[BessTransport]:
-        made: list[BessTransport] = []
-        try:
-            for path in config.bess:
-                made.append(cls(config, path))
-        except BaseException:
-            for transport in made:
-                transport.close()
-            raise
-        return made
+        return bind_all(lambda path: cls(config, path), config.bess)
 
     def describe(self) -> str:
         return f"bess (UML vector) unix:{self.path}"
@@ -75,23 +68,10 @@ class BessTransport:
     async def serve(
         self, handler: PeerHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                task_status.started()
-                while True:
-                    await trio.lowlevel.wait_readable(self.sock)
-                    try:
-                        conn, _ = self.sock.accept()
-                    except BlockingIOError:
-                        continue
-                    except OSError as exc:
-                        log.error("accept failed: %s", exc.strerror)
-                        await trio.sleep(0.1)
-                        continue
-                    nursery.start_soon(self._peer, conn, handler)
-        finally:
-            trio.lowlevel.notify_closing(self.sock)
-            self.close()
+        async def on_connection(conn: socket.socket, addr: Any) -> None:
+            await self._peer(conn, handler)
+
+        await accept_forever(self.sock, on_connection, self.close, task_status=task_status)
 
     async def _peer(self, conn: socket.socket, handler: PeerHandler) -> None:
         remote = _remote(conn, self.path)

@@ -15,7 +15,7 @@ import socket
 import ssl
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -27,6 +27,7 @@ from wsnic_trio._exceptions import (
     SetupError,
 )
 
+from ._listen import accept_forever
 from ._sockio import SocketIO, is_disconnect
 from ._tlsio import TlsContext, TlsSocketIO
 from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler
@@ -230,24 +231,10 @@ class WebSocketTransport:
     async def serve(
         self, handler: PeerHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                task_status.started()
-                while True:
-                    await trio.lowlevel.wait_readable(self.sock)
-                    try:
-                        conn, addr = self.sock.accept()
-                    except BlockingIOError:
-                        continue
-                    except OSError as exc:
-                        # Out of fds or memory: say so, back off, keep serving the others.
-                        log.error("accept failed: %s", exc.strerror)
-                        await trio.sleep(0.1)
-                        continue
-                    nursery.start_soon(self._connection, conn, addr, handler)
-        finally:
-            trio.lowlevel.notify_closing(self.sock)
-            self.close()
+        async def on_connection(conn: socket.socket, addr: Any) -> None:
+            await self._connection(conn, addr, handler)
+
+        await accept_forever(self.sock, on_connection, self.close, task_status=task_status)
 
     def _socket_io(self, conn: socket.socket) -> SocketIO:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,72 @@
+"""What every connection-oriented listener does the same way: bind all, accept forever.
+
+Binding happens in the transport's constructor (so a taken port or socket path fails
+before the host is touched); :func:`bind_all` makes sure that when the third of three
+listeners fails, the first two are released again. :func:`accept_forever` is the accept
+loop: it never lets one failed ``accept`` (out of fds, say) end the listener.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol, TypeVar
+
+import trio
+
+__all__ = ["accept_forever", "bind_all"]
+
+log = logging.getLogger("wsnic_trio.listen")
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+L = TypeVar("L", bound=_Closable)
+T = TypeVar("T")
+
+
+def bind_all(make: Callable[[T], L], items: Iterable[T]) -> list[L]:
+    """``[make(item) for item in items]``, closing the ones made if a later one fails."""
+    made: list[L] = []
+    try:
+        for item in items:
+            made.append(make(item))
+    except BaseException:
+        for listener in made:
+            listener.close()
+        raise
+    return made
+
+
+async def accept_forever(
+    sock: socket.socket,
+    on_connection: Callable[[socket.socket, Any], Awaitable[None]],
+    close: Callable[[], None],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept on a nonblocking listening socket; each connection runs in its own task.
+
+    ``close`` releases the listener (socket, socket file) when the loop ends.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    conn, addr = sock.accept()
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    # Out of fds or memory: say so, back off, keep serving the others.
+                    log.error("accept failed: %s", exc.strerror)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(on_connection, conn, addr)
+    finally:
+        trio.lowlevel.notify_closing(sock)
+        close()
