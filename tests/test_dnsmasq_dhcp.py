@@ -55,6 +55,7 @@ async def test_lease_router_dns_and_hostnames(world: NsFactory, tmp_path: Path) 
     rundir = Path("/run/wsnic-trio") / f"net{netns_inode(srv)}-wsbr0"
     leases = (rundir / "dnsmasq.leases").read_text()
     assert f"{lease_a['ip']} alice" in leases and f"{lease_b['ip']} bob" in leases
+    assert (rundir / "dnsmasq.leases").stat().st_mode & 0o777 == 0o600, "leases are private"
     assert await server.stop() == 0
     assert not rundir.exists(), "the temporary lease file and pid file go on exit"
     assert rundir.name not in run_dirs()

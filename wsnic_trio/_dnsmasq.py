@@ -422,11 +422,15 @@ def _start_error(why: str, address: ipaddress.IPv4Address) -> SetupError:
 
 
 async def serve_dnsmasq(
-    config: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    config: Config,
+    on_restart: Callable[[], None] | None = None,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run dnsmasq for the LAN until cancelled; ``started(pid)`` once it serves.
 
-    The run directory (pid file, temporary lease file) is removed when this ends.
+    ``on_restart`` is called before each start after the first (for the metrics). The
+    run directory (pid file, temporary lease file) is removed when this ends.
     """
     binary = _binary()
     if binary is None:
@@ -444,11 +448,22 @@ async def serve_dnsmasq(
     except OSError as exc:
         if exc.errno != errno.EEXIST:
             raise SetupError(f"cannot create {rundir}: {exc.strerror}") from None
+    # Leases name every client's MAC, address and hostname: readable by root only.
+    # dnsmasq keeps the mode of a file that exists (it rewrites it in place).
+    await trio.to_thread.run_sync(_private_file, plan.lease_file)
     try:
-        await _supervise(argv, plan, address, task_status)
+        await _supervise(argv, plan, address, task_status, on_restart)
     finally:
         with trio.move_on_after(_STOP_TIMEOUT, shield=True):
             await trio.to_thread.run_sync(_remove_run_dir, rundir)
+
+
+def _private_file(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _remove_run_dir(rundir: Path) -> None:
@@ -463,10 +478,15 @@ async def _supervise(
     plan: DnsmasqPlan,
     address: ipaddress.IPv4Address,
     task_status: trio.TaskStatus[int],
+    on_restart: Callable[[], None] | None = None,
 ) -> None:
     reported = False
     delay = _BACKOFF_MIN
+    restarting = False
     while True:
+        if restarting and on_restart is not None:
+            on_restart()
+        restarting = True
         began = trio.current_time()
 
         def on_ready(pid: int) -> None:
