@@ -104,3 +104,27 @@ def _wsnic() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "wsnic_trio"]
+
+
+async def test_connect_reconnects_after_server_restart(world: NsFactory) -> None:
+    """The client tool keeps its TAP (and the addresses on it) while the server is away,
+    and redials with backoff until the server is back."""
+    srv, ns_a = world.new("srv"), world.new("a")
+    world.link(srv, "198.18.0.1/30", ns_a, "198.18.0.2/30")
+    server = await srv.start_wsnic("-a", "0.0.0.0", "--disable-dhcp")
+    client = await ns_a.start(
+        [*_wsnic(), "connect", "ws://198.18.0.1:8086/", "--tap", "lan0", "--retry-max", "1"],
+        label="connect",
+    )
+    await client.log.wait_for(r"connected to ws://")
+    ns_a.ip("addr", "add", "192.168.86.10/24", "dev", "lan0")
+    assert (await ns_a.exec("ping", "-c", "1", "-W", "2", "192.168.86.1")).returncode == 0
+    assert await server.stop() == 0
+    await client.log.wait_for(r"reconnecting in")
+    assert "lan0" in ns_a.links(), "the TAP stays while the server is away"
+    mark = len(client.log.lines)
+    await srv.start_wsnic("-a", "0.0.0.0", "--disable-dhcp")
+    await client.log.wait_for(r"connected to ws://", start=mark, timeout=20)
+    result = await ns_a.exec("ping", "-c", "1", "-W", "2", "192.168.86.1")
+    assert result.returncode == 0, "the same address works again after the restart"
+    assert await client.stop() == 0
