@@ -37,3 +37,14 @@ def tests(session: nox.Session) -> None:
     """The whole test suite, integration tests included (needs root)."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The benchmark suite (needs root, iperf3, gcc, libssl-dev): ``nox -s bench -- --quick``.
+
+    Results: a table on stdout and JSON under bench/results/; see docs/performance.md.
+    """
+    session.install("-e", ".")
+    session.install("py-spy")  # for ``nox -s bench -- --profile``
+    session.run("python", "-m", "bench", *session.posargs)

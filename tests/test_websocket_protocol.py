@@ -144,11 +144,24 @@ def test_plain_http_request_gets_a_page() -> None:
     assert server.phase is Phase.CLOSED
 
 
-def test_garbage_and_huge_handshakes_get_400() -> None:
-    for data in (b"\x16\x03\x01 not http\r\n\r\n", b"GET / HTTP/1.1\r\nX: " + b"a" * 70000):
+def test_garbage_and_huge_handshakes_are_refused() -> None:
+    cases = [
+        (b"\x16\x03\x01 not http\r\n\r\n", b"HTTP/1.1 400 "),
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * 70000, b"HTTP/1.1 431 "),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"HTTP/1.1 426 ",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n",
+            b"HTTP/1.1 400 ",
+        ),
+    ]
+    for data, status in cases:
         server = WebSocketProtocol(client=False, check=CHECK)
         server.receive(data)
-        assert server.data_to_send().startswith(b"HTTP/1.1 400 ")
+        assert server.data_to_send().startswith(status), data[:40]
         assert server.closed is not None and server.closed.protocol_error
 
 
