@@ -99,7 +99,13 @@ class LanClient:
 
 
 async def add_client(
-    world: NsFactory, server_ns: NetNS, tmp: Path, index: int, tag: str = "c", wait: bool = True
+    world: NsFactory,
+    server_ns: NetNS,
+    tmp: Path,
+    index: int,
+    tag: str = "c",
+    wait: bool = True,
+    extra: tuple[str, ...] = (),
 ) -> LanClient:
     """A client namespace joined to the server's ws:// listener (which must bind 0.0.0.0).
 
@@ -109,7 +115,7 @@ async def add_client(
     base = 4 * index
     world.link(server_ns, f"198.18.0.{base + 1}/30", ns, f"198.18.0.{base + 2}/30")
     proc = await ns.start(
-        [*wsnic(), "connect", f"ws://198.18.0.{base + 1}:8086/", "--tap", "lan0"],
+        [*wsnic(), "connect", f"ws://198.18.0.{base + 1}:8086/", "--tap", "lan0", *extra],
         label=f"connect-{tag}",
     )
     if wait:

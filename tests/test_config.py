@@ -53,6 +53,12 @@ VALUE_CASES = {
     "dhcp_lease_time": ("3600", 3600),
     "dhcp_domain_name": ("Lab.Example", "lab.example"),
     "inet_iface": ("eth1", "eth1"),
+    "api_token_file": ("/etc/wsnic/api-tokens", Path("/etc/wsnic/api-tokens")),
+    "pcap": ("/var/tmp/captures", Path("/var/tmp/captures")),
+    "pcap_max_bytes": ("10M", 10_000_000),
+    "uplink": ("pasta", "pasta"),
+    "user": ("wsnic", "wsnic"),
+    "group": ("wsnic", "wsnic"),
 }
 
 

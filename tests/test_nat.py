@@ -106,3 +106,22 @@ async def test_private_networks_blocked_unless_allowed(world: NsFactory, tmp_pat
     assert code == 0, page
     assert "hello from private-web" in page
     assert await server.stop() == 0
+
+
+async def test_clients_reach_each_other_with_nat_on(world: NsFactory, tmp_path: Path) -> None:
+    """Regression: where br_netfilter is loaded, frames bridged between two clients pass
+    the forward hook with the bridge as in and out device; NAT must not drop them."""
+    require_tools()
+    srv, upstream = world.new("srv"), world.new("up")
+    world.link(srv, "198.18.1.1/30", upstream, "198.18.1.2/30")
+    srv.ip("route", "add", "default", "via", "198.18.1.2")
+    await srv.start_wsnic("-a", "0.0.0.0", "-i")
+    alice = await add_client(world, srv, tmp_path, 1, "alice")
+    bob = await add_client(world, srv, tmp_path, 2, "bob")
+    await alice.dhcp("alice")
+    lease_b = await bob.dhcp("bob")
+    await _http_server(bob.ns, lease_b["ip"], 8002, tmp_path / "bob", "bob-web")
+    ping = await alice.ns.exec("ping", "-c", "1", "-W", "2", lease_b["ip"])
+    assert ping.returncode == 0, ping.stdout.decode()
+    code, page = await _fetch(alice.ns, f"http://{lease_b['ip']}:8002/")
+    assert code == 0 and "hello from bob-web" in page, page

@@ -40,7 +40,8 @@ def test_masquerade_out_only_replies_in() -> None:
     )
     forward = text[text.index("chain forward") : text.index("chain postrouting")]
     rules = [line.strip() for line in forward.splitlines()[2:] if line.strip() not in ("", "}")]
-    assert rules[:2] == [
+    assert rules[:3] == [
+        'iifname "wsbr0" oifname "wsbr0" accept',  # client to client, also via br_netfilter
         'oifname "wsbr0" ct state established,related accept',
         'oifname "wsbr0" drop',
     ]

@@ -15,6 +15,7 @@ import socket
 import trio
 
 from wsnic_trio._exceptions import PeerTimeout
+from wsnic_trio._fairness import Fairness
 
 __all__ = ["SocketIO"]
 
@@ -29,6 +30,7 @@ class SocketIO:
         self.sock = sock
         self.send_stall_timeout = send_stall_timeout
         self._send_lock = trio.StrictFIFOLock()
+        self._fair = Fairness()
         self._closed = False
         #: True while a send was cut off mid-way: the byte stream now ends inside a
         #: message, so nothing more (not even a close frame) may be written.
@@ -36,23 +38,37 @@ class SocketIO:
 
     async def recv_some(self, size: int = RECV_SIZE) -> bytes:
         """Bytes from the peer; ``b""`` at EOF. A reset raises ``ConnectionError``."""
+        waited = False
         while True:
             try:
                 data = self.sock.recv(size)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(self.sock)
+                waited = True
                 continue
-            # One checkpoint per read (not per frame): keeps a flooding peer from
-            # starving the others, and lets cancellation in.
-            await trio.lowlevel.checkpoint()
+            if waited:
+                self._fair.waited()
+            else:
+                # Data was ready without waiting: stay fair to the other tasks.
+                await self._fair.tick()
             return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send everything; a peer that accepts nothing for too long is timed out."""
         if not data:
             return
-        async with self._send_lock:
+        await self._lock()
+        try:
             await self._send_raw(data)
+        finally:
+            self._send_lock.release()
+
+    async def _lock(self) -> None:
+        """Take the send lock, without a scheduler round trip when nobody holds it."""
+        try:
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
 
     async def _send_raw(self, data: bytes | bytearray | memoryview) -> None:
         """The send loop itself; the caller holds the send lock."""

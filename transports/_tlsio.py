@@ -99,8 +99,11 @@ class TlsSocketIO(SocketIO):
 
     async def _flush(self) -> None:
         if self._outgoing.pending:
-            async with self._send_lock:
+            await self._lock()
+            try:
                 await self._send_raw(self._outgoing.read())
+            finally:
+                self._send_lock.release()
 
     async def recv_some(self, size: int = RECV_SIZE) -> bytes:
         while True:
@@ -130,6 +133,9 @@ class TlsSocketIO(SocketIO):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
-        async with self._send_lock:
+        await self._lock()
+        try:
             self._tls.write(data)
             await self._send_raw(self._outgoing.read())
+        finally:
+            self._send_lock.release()

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Config file: keys are the long option names (ws_port = 8086); a wsnic-style "
             "'key = value' file or TOML (*.toml). Command-line options override the file. "
-            "Client tool: 'wsnic-trio connect --help'."
+            "Client tool: 'wsnic-trio connect --help'; control API client: "
+            "'wsnic-trio ctl --help'."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         argument_default=argparse.SUPPRESS,
@@ -160,6 +161,10 @@ def _connect_options(argv: Sequence[str]) -> tuple[ConnectOptions, int, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ctl"]:
+        from ._ctl import main as ctl_main  # the client only: no server imports needed
+
+        return ctl_main(argv[1:])
     try:
         if argv[:1] == ["connect"]:
             opts, verbose, quiet = _connect_options(argv[1:])

@@ -17,6 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from ._endpoints import (
+    ApiEndpoint,
+    ForwardSpec,
+    check_remote,
+    parse_api_endpoint,
+    parse_forward,
+)
 from ._exceptions import ConfigError
 
 __all__ = ["OPTIONS", "Config", "OptionSpec", "load_config_file"]
@@ -199,6 +206,41 @@ def _optional_ifname(text: str) -> str | None:
 
 def _optional_path(text: str) -> Path | None:
     return Path(text) if text else None
+
+
+def _optional_account(text: str) -> str | None:
+    """A user or group name (or numeric id) for --user/--group; looked up at start."""
+    if text and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", text):
+        raise ValueError(f"{text!r} is not a user or group name")
+    return text or None
+
+
+UPLINKS = ("slirp4netns", "pasta")
+
+
+def _uplink(text: str) -> str:
+    if text not in UPLINKS:
+        raise ValueError(f"{text!r} is not one of {', '.join(UPLINKS)}")
+    return text
+
+
+# -- control API, forwards and capture (see docs/api.md) -------------------------------
+
+
+def _api_endpoint(text: str) -> ApiEndpoint:
+    return parse_api_endpoint(text)
+
+
+def _forward(text: str) -> ForwardSpec:
+    return parse_forward(text)
+
+
+def _byte_size(text: str) -> int:
+    """A size in bytes with an optional k/M/G suffix (decimal)."""
+    size = int(_byte_rate(text))
+    if size < 1024:
+        raise ValueError(f"{text} is too small (at least 1024 bytes)")
+    return size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -485,6 +527,97 @@ class Config:
         help="with --enable-inet, let the LAN reach this private network (RFC 1918, "
         "100.64.0.0/10, 169.254.0.0/16 are blocked otherwise)",
     )
+    api: tuple[ApiEndpoint, ...] = _opt(
+        (),
+        "--api",
+        parse=_api_endpoint,
+        kind="list",
+        metavar="unix:PATH|tcp:HOST:PORT",
+        help="serve the control API (docs/api.md) here; a unix socket gets mode 0600, a "
+        "TCP one needs --api-token-file; off by default",
+    )
+    api_token_file: Path | None = _opt(
+        None,
+        "--api-token-file",
+        parse=_optional_path,
+        metavar="FILE",
+        help="tokens (one per line) a TCP control API client must send as 'Authorization: "
+        "Bearer TOKEN'; separate from --auth-token-file, whose tokens browsers hold",
+    )
+    forward: tuple[ForwardSpec, ...] = _opt(
+        (),
+        "--forward",
+        parse=_forward,
+        kind="list",
+        metavar="LOCAL=REMOTE[/udp]",
+        help="forward a port of this host into the LAN, e.g. 127.0.0.1:2222=192.168.86.23:22 "
+        "or 127.0.0.1:8053=guest:53/udp (a name is looked up in the DHCP leases)",
+    )
+    pcap: Path | None = _opt(
+        None,
+        "--pcap",
+        parse=_optional_path,
+        metavar="DIR",
+        help="write one pcap file per client into DIR (which must exist)",
+    )
+    pcap_max_bytes: int = _opt(
+        64_000_000,
+        "--pcap-max-bytes",
+        parse=_byte_size,
+        metavar="BYTES",
+        help="a capture file stops growing at this size (k/M/G suffixes)",
+    )
+    pcap_on_demand: bool = _opt(
+        False,
+        "--pcap-on-demand",
+        kind="flag",
+        help="with --pcap, capture no client from the start; captures are started (and "
+        "stopped) per client through the control API",
+    )
+    rootless: bool = _opt(
+        False,
+        "--rootless",
+        kind="flag",
+        help="run the LAN without root: a helper process owns the bridge, dnsmasq and NAT in "
+        "a user + network namespace (chosen automatically when not root; see "
+        "docs/rootless.md)",
+    )
+    uplink: str = _opt(
+        "slirp4netns",
+        "--uplink",
+        parse=_uplink,
+        metavar="slirp4netns|pasta",
+        help="in rootless mode, what gives the LAN's namespace its way out for --enable-inet",
+    )
+    allow_host_loopback: bool = _opt(
+        False,
+        "--allow-host-loopback",
+        kind="flag",
+        help="in rootless mode with --enable-inet, let the LAN reach this host's loopback "
+        "as 10.0.2.2",
+    )
+    disable_host_loopback: bool = _opt(
+        False,
+        "--disable-host-loopback",
+        kind="flag",
+        help="keep the LAN away from this host's loopback in rootless mode (the default; "
+        "overrides allow_host_loopback from a config file)",
+    )
+    user: str | None = _opt(
+        None,
+        "--user",
+        parse=_optional_account,
+        metavar="NAME",
+        help="(root only) after set-up, run the server as this user with no privileges; a "
+        "small root helper keeps the bridge, NAT and dnsmasq (see docs/security.md)",
+    )
+    group: str | None = _opt(
+        None,
+        "--group",
+        parse=_optional_account,
+        metavar="NAME",
+        help="with --user, the group to run as (default: the user's primary group)",
+    )
     verbose: int = _opt(
         0,
         "-v",
@@ -503,6 +636,22 @@ class Config:
                 "--lock-ip needs the server's own DHCP (it checks addresses against dnsmasq's "
                 "leases); drop --disable-dhcp or --lock-ip"
             )
+        if any(a.kind == "tcp" for a in self.api) and self.api_token_file is None:
+            raise ConfigError(
+                "a TCP control API (--api tcp:...) needs --api-token-file: without a token "
+                "anybody who can reach the port could kick clients and open forwards"
+            )
+        for spec in self.forward:
+            problem = check_remote(spec.remote_host, self.subnet)
+            if problem is not None:
+                raise ConfigError(f"--forward {spec}: {problem}")
+        if self.user is not None and self.rootless:
+            raise ConfigError(
+                "--user and --rootless contradict each other: --user is for a server started "
+                "as root that drops its privileges; --rootless never has any"
+            )
+        if self.pcap_on_demand and self.pcap is None:
+            raise ConfigError("--pcap-on-demand needs --pcap DIR (where the captures go)")
         if self.ping_timeout <= self.ping_interval:
             raise ConfigError(
                 f"ping_timeout ({self.ping_timeout:g} s) must be longer than ping_interval "
@@ -515,6 +664,11 @@ class Config:
     def bridge_address(self) -> ipaddress.IPv4Address:
         """The host's address on the LAN: the subnet's first host address."""
         return self.subnet.network_address + 1
+
+    @property
+    def host_loopback(self) -> bool:
+        """Rootless mode: whether the uplink maps 10.0.2.2 to this host's loopback."""
+        return self.allow_host_loopback and not self.disable_host_loopback
 
     @property
     def max_frame(self) -> int:

@@ -66,7 +66,7 @@ async def run_connect(
     opts: ConnectOptions, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
     fd, name = await trio.to_thread.run_sync(_netlink.create_tap, opts.tap, opts.mtu, opts.mac)
-    tap = TapDevice(fd, name)
+    tap = TapDevice(fd, name, opts.mtu + 18)
     log.info("TAP %s is up (MTU %d)", name, opts.mtu)
     task_status.started(name)
     delay = opts.retry_min

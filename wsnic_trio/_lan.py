@@ -14,8 +14,10 @@ import ipaddress
 import logging
 import os
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 import trio
 
@@ -24,7 +26,7 @@ from ._config import Config
 from ._exceptions import SetupError
 from ._tap import TapDevice
 
-__all__ = ["Lan", "pid_is_wsnic"]
+__all__ = ["Lan", "LanBackend", "pid_is_wsnic"]
 
 log = logging.getLogger("wsnic_trio.lan")
 
@@ -32,6 +34,16 @@ log = logging.getLogger("wsnic_trio.lan")
 BRIDGE_MAC = "02:77:73:00:00:01"
 _CLEANUP_TIMEOUT = 10.0
 _CARRIER_TIMEOUT = 3.0
+
+
+class LanBackend(Protocol):
+    """What the server needs of a LAN: a TAP fd on it for each peer. :class:`Lan` makes
+    them itself (root mode); ``_rootless.HelperLan`` gets them from a helper process
+    (rootless mode, and root mode with ``--user``)."""
+
+    config: Config
+
+    def open_tap(self) -> AbstractAsyncContextManager[TapDevice]: ...
 
 
 def pid_is_wsnic(pid: int) -> bool:
@@ -129,9 +141,10 @@ class Lan:
             while not (_forwarding(tap) and _bridge_up(self.bridge)):  # noqa: ASYNC110
                 await trio.sleep(0.002)
 
-    @contextlib.asynccontextmanager
-    async def open_tap(self) -> AsyncIterator[TapDevice]:
-        """A fresh TAP on the bridge for one peer; it is deleted when the block ends."""
+    async def create_tap(self) -> tuple[int, str]:
+        """A fresh TAP on the bridge that forwards: (fd, name). The caller owns the fd
+        (the privileged helper of ``--user`` hands it to the server); the TAP is deleted
+        when the last copy of the fd is closed."""
         queued = self.config.max_queued_bytes
         fd, name = await trio.to_thread.run_sync(
             functools.partial(
@@ -143,9 +156,19 @@ class Lan:
                 txqlen=max(8, queued // self.config.max_frame) if queued else None,
             )
         )
-        tap = TapDevice(fd, name)
         try:
             await self._wait_until_forwarding(name)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, name
+
+    @contextlib.asynccontextmanager
+    async def open_tap(self) -> AsyncIterator[TapDevice]:
+        """A fresh TAP on the bridge for one peer; it is deleted when the block ends."""
+        fd, name = await self.create_tap()
+        tap = TapDevice(fd, name, self.config.max_frame)
+        try:
             yield tap
         finally:
             tap.close()

@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -62,6 +63,9 @@ class LeaseTable:
         self.leases: dict[bytes, Lease] = {}
         self._by_mac_ip: dict[bytes, bytes] = {}
         self._stamp: tuple[int, int] | None = None
+        #: Called (in the trio thread) with the old and new table after each change.
+        self.on_change: list[Callable[[dict[bytes, Lease], dict[bytes, Lease]], None]] = []
+        self._lock = trio.Lock()
 
     def ip_of(self, mac: bytes) -> bytes | None:
         """The packed IPv4 address leased to ``mac``, or None."""
@@ -89,7 +93,31 @@ class LeaseTable:
         self._by_mac_ip = {mac: lease.ip.packed for mac, lease in self.leases.items()}
         return True
 
+    def by_hostname(self, name: str) -> Lease | None:
+        """The lease of the client that sent DHCP hostname ``name`` (newest if several)."""
+        name = name.lower()
+        found = [
+            lease
+            for lease in self.leases.values()
+            if lease.hostname is not None and lease.hostname.lower() == name
+        ]
+        return max(found, key=lambda lease: lease.expires or 2**63) if found else None
+
+    async def update(self) -> bool:
+        """Refresh now (off the trio thread) and tell ``on_change``; True on a change.
+
+        Every reader goes through here, one at a time, so no change is seen by one
+        caller and missed by the hooks.
+        """
+        async with self._lock:
+            old = self.leases
+            changed = await trio.to_thread.run_sync(self.refresh)
+            if changed:
+                for hook in self.on_change:
+                    hook(old, self.leases)
+            return changed
+
     async def watch(self) -> None:
         while True:
-            await trio.to_thread.run_sync(self.refresh)
+            await self.update()
             await trio.sleep(POLL_INTERVAL)

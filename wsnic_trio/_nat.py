@@ -136,6 +136,10 @@ def build_ruleset(plan: NatPlan) -> str:
         "",
         "    chain forward {",
         "        type filter hook forward priority filter; policy accept;",
+        # Frames bridged between two clients: where br_netfilter is loaded (and a new
+        # namespace has bridge-nf-call-iptables=1) they pass this hook with the bridge
+        # as both in and out device. Client to client is always allowed.
+        f"        iifname {br} oifname {br} accept",
         f"        oifname {br} ct state established,related accept",
         f"        oifname {br} drop",
     ]

@@ -16,6 +16,8 @@ import collections
 import dataclasses
 import math
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
@@ -25,7 +27,7 @@ from ._exceptions import PeerTimeout
 from ._guard import FramePolicy
 from ._tap import TapDevice
 
-__all__ = ["RelayStats", "relay", "watchdog"]
+__all__ = ["FrameSink", "RelayStats", "relay", "watchdog"]
 
 TAP_BATCH = 64
 
@@ -40,6 +42,12 @@ class RelayStats:
     bytes_out: int = 0
     drops: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     connected_at: float = dataclasses.field(default_factory=time.time)
+    #: Source MAC of the first frame the peer sent (None until then).
+    mac: bytes | None = None
+    #: Called once, with that MAC (the server logs it and tells API subscribers).
+    on_mac: Callable[[bytes], None] | None = None
+    #: Packet capture of this peer's frames; None (the usual case) costs one check a batch.
+    capture: FrameSink | None = None
 
     def summary(self) -> str:
         dropped = sum(self.drops.values())
@@ -53,6 +61,18 @@ class RelayStats:
         return text
 
 
+class FrameSink(Protocol):
+    """Where a capture takes a copy of a peer's frames; must never block."""
+
+    def add(self, frames: list[bytes], inbound: bool) -> None: ...
+
+
+def _learn_mac(stats: RelayStats, frame: bytes) -> None:
+    stats.mac = bytes(frame[6:12])
+    if stats.on_mac is not None:
+        stats.on_mac(stats.mac)
+
+
 async def peer_to_tap(
     link: PeerLink, tap: TapDevice, policy: FramePolicy, stats: RelayStats
 ) -> None:
@@ -62,6 +82,10 @@ async def peer_to_tap(
             continue
         stats.frames_in += len(frames)
         stats.bytes_in += sum(map(len, frames))
+        if stats.mac is None:
+            _learn_mac(stats, frames[0])
+        if stats.capture is not None:
+            stats.capture.add(frames, True)
         refused = await tap.write_frames(frames)
         if refused:
             stats.drops["tap-refused"] += refused
@@ -77,6 +101,8 @@ async def tap_to_peer(
         await link.send_frames(frames)
         stats.frames_out += len(frames)
         stats.bytes_out += sum(map(len, frames))
+        if stats.capture is not None:
+            stats.capture.add(frames, False)
 
 
 async def watchdog(link: PeerLink) -> None:

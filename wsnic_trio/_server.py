@@ -8,12 +8,16 @@ task; whatever ends a peer ends that peer alone.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import itertools
 import logging
 import os
 import signal
+import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 
 import trio
 
@@ -21,14 +25,26 @@ from transports import load_transports
 from transports.base import AdmissionRequest, FrameCheck, PeerLink, Rejection, Transport
 
 from ._admission import Admission, TokenStore
+from ._api import ApiListener, bind_api, load_api_tokens, start_control
 from ._config import Config
 from ._dnsmasq import lease_file_path, serve_dnsmasq
+from ._events import EventBus
 from ._exceptions import ConfigError, PeerClosed, PeerError, PeerProtocolError, SetupError
+from ._forward import ForwardManager
 from ._guard import FramePolicy, SourceGuard, refuse_mac
-from ._lan import BRIDGE_MAC, Lan
+from ._lan import BRIDGE_MAC, LanBackend
 from ._leases import LeaseTable
+from ._pcap import PcapManager
+from ._privsep import (
+    SeparatedLan,
+    drop_privileges,
+    resolve_account,
+    socket_files,
+    unreadable_files,
+)
 from ._relay import RelayStats, relay
-from ._services import lan_services
+from ._rootless import HelperLan, open_backend
+from ._stats import Totals, mac_text
 
 __all__ = ["PeerInfo", "Server", "run_server", "serve_until_signal"]
 
@@ -47,6 +63,16 @@ class PeerInfo:
     cancel_scope: trio.CancelScope
     #: Set when a newer connection with the same MAC ended this one.
     replaced_by: int | None = None
+    #: Why the control API disconnected this peer (``kick``).
+    kicked: str | None = None
+    #: What the transport itself dropped (counted there, shown by the API).
+    link_drops: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    #: Set once the peer is gone (its TAP removed).
+    gone: trio.Event = dataclasses.field(default_factory=trio.Event)
+
+    @property
+    def mac(self) -> bytes | None:
+        return self.stats.mac
 
 
 class Server:
@@ -55,7 +81,7 @@ class Server:
     def __init__(
         self,
         config: Config,
-        lan: Lan,
+        lan: LanBackend,
         transports: Sequence[Transport],
         tokens: TokenStore | None = None,
     ) -> None:
@@ -78,6 +104,31 @@ class Server:
         self.leases: LeaseTable | None = None
         if not config.disable_dhcp:
             self.leases = LeaseTable(lease_file_path(config))
+        # -- what the control API shows (docs/api.md) --
+        self.started_at = time.time()
+        #: Per transport: connections since start, and the traffic of peers that left.
+        self.totals: dict[str, Totals] = {}
+        self.events = EventBus()
+        self.dnsmasq_restarts = 0
+        #: Started by run_server when configured (packet capture, port forwards).
+        self.pcap: PcapManager | None = None
+        self.forwards: ForwardManager | None = None
+
+    def kick(self, peer_id: int, reason: str = "kicked by the API") -> bool:
+        """Disconnect a peer (its TAP goes with it); False when there is no such peer."""
+        info = self.peers.get(peer_id)
+        if info is None:
+            return False
+        info.kicked = reason
+        info.cancel_scope.cancel()
+        return True
+
+    def _mac_seen(self, info: PeerInfo, mac: bytes) -> None:
+        log.info("client %d uses MAC %s (%s on %s)", info.id, mac.hex(":"), info.remote, info.tap)
+        self.events.publish("client-mac", id=info.id, tap=info.tap, mac=mac.hex(":"))
+
+    def count_dnsmasq_restart(self) -> None:
+        self.dnsmasq_restarts += 1
 
     # -- what transports call ---------------------------------------------------------
 
@@ -167,13 +218,25 @@ class Server:
             async with self.lan.open_tap() as tap:
                 with trio.CancelScope() as scope:
                     info = PeerInfo(peer_id, link.transport, link.remote, tap.name, stats, scope)
+                    info.link_drops = link.drops
                     self.peers[peer_id] = info
+                    self.totals.setdefault(link.transport, Totals()).connections += 1
+                    stats.on_mac = functools.partial(self._mac_seen, info)
+                    if self.pcap is not None and self.pcap.capture_all:
+                        self.pcap.start(info)
                     log.info(
                         "client %d connected: %s %s on %s",
                         peer_id,
                         link.transport,
                         link.remote,
                         tap.name,
+                    )
+                    self.events.publish(
+                        "client-connected",
+                        id=peer_id,
+                        transport=link.transport,
+                        remote=link.remote,
+                        tap=tap.name,
                     )
                     try:
                         await relay(link, tap, policy, stats)
@@ -184,7 +247,9 @@ class Server:
                     except* OSError as group:
                         reason = group.exceptions[0]
                 if scope.cancelled_caught and reason is None:
-                    if info.replaced_by is not None:
+                    if info.kicked is not None:
+                        reason = PeerClosed(info.kicked)
+                    elif info.replaced_by is not None:
                         reason = PeerClosed(
                             f"replaced by client {info.replaced_by} with the same MAC"
                         )
@@ -211,9 +276,29 @@ class Server:
                 del self.mac_owners[mac]
             info_gone = self.peers.pop(peer_id, None)
             stats.drops.update(link.drops)
+            if stats.capture is not None and self.pcap is not None:
+                self.pcap.stop(peer_id)
             if info_gone is not None:
+                info_gone.gone.set()
+                self.totals.setdefault(link.transport, Totals()).add(stats)
                 log.info(
-                    "client %d disconnected (%s): %s", peer_id, _describe(reason), stats.summary()
+                    "client %d disconnected (%s): %s %s on %s, MAC %s: %s",
+                    peer_id,
+                    _describe(reason),
+                    link.transport,
+                    link.remote,
+                    info_gone.tap,
+                    mac_text(stats.mac) or "none seen",
+                    stats.summary(),
+                )
+                self.events.publish(
+                    "client-disconnected",
+                    id=peer_id,
+                    transport=link.transport,
+                    remote=link.remote,
+                    tap=info_gone.tap,
+                    mac=mac_text(stats.mac),
+                    reason=_describe(reason),
                 )
             await link.aclose(reason)
 
@@ -251,20 +336,37 @@ async def run_server(
     config: Config, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run until cancelled. ``started()`` reports the Server once every listener accepts."""
+    account = resolve_account(config, euid=os.geteuid())  # --user: checked before anything
     tokens = TokenStore(config.auth_token_file)
     if tokens.enabled:
         log.info("authentication on: %d tokens from %s", tokens.load(), config.auth_token_file)
+    api_tokens = load_api_tokens(config)
     transports = build_transports(config)
+    api_listeners: list[ApiListener] = []
     try:
+        api_listeners = bind_api(config.api)
         if not transports:
             log.warning("no listener is configured: nothing can connect")
-        async with Lan(config) as lan, lan_services(config):
+        backend: AbstractAsyncContextManager[LanBackend] = (
+            open_backend(config)
+            if account is None
+            else SeparatedLan(config, account, socket_files([*transports, *api_listeners]))
+        )
+        async with backend as lan:
+            config = lan.config  # rootless: the lease file is in the helper's run directory
             server = Server(config, lan, transports, tokens)
+            if account is not None:
+                # --user: listeners are bound and the LAN is up; nothing below needs root.
+                drop_privileges(account)
+                for problem in unreadable_files(config):
+                    log.warning("as user %s: %s", account.user, problem)
             async with trio.open_nursery() as nursery:
-                if not config.disable_dhcp:
-                    await nursery.start(serve_dnsmasq, config)
-                if server.leases is not None and config.lock_ip:
+                if not config.disable_dhcp and not isinstance(lan, HelperLan):
+                    await nursery.start(serve_dnsmasq, config, server.count_dnsmasq_restart)
+                watch_leases = config.lock_ip or config.api or config.forward
+                if server.leases is not None and watch_leases:
                     nursery.start_soon(server.leases.watch)
+                await start_control(nursery, server, api_listeners, api_tokens)
                 for transport in transports:
                     await nursery.start(transport.serve, server)
                     log.info("listening on %s", transport.describe())
@@ -273,6 +375,8 @@ async def run_server(
     finally:
         for transport in transports:
             transport.close()
+        for listener in api_listeners:
+            listener.close()
 
 
 def _count_tasks() -> int:

@@ -19,6 +19,7 @@ import struct
 import trio
 
 from ._exceptions import SetupError
+from ._fairness import Fairness
 
 __all__ = ["TapDevice", "open_tap_fd"]
 
@@ -55,23 +56,32 @@ def open_tap_fd(name: str) -> tuple[int, str]:
 class TapDevice:
     """One open TAP: batched nonblocking reads and writes of whole frames."""
 
-    def __init__(self, fd: int, name: str) -> None:
+    def __init__(self, fd: int, name: str, max_frame: int = _READ_SIZE) -> None:
         self.fd = fd
         self.name = name
+        # Sized to the largest frame the MTU allows: os.read allocates this much per call.
+        self._read_size = max_frame + 4
         self._closed = False
+        self._fair = Fairness()
 
     async def read_batch(self, max_frames: int = 64) -> list[bytes]:
         """Wait until a frame is ready, then return every ready frame (up to ``max_frames``)."""
         frames: list[bytes] = []
+        waited = False
         while True:
             try:
                 while len(frames) < max_frames:
-                    frames.append(os.read(self.fd, _READ_SIZE))
+                    frames.append(os.read(self.fd, self._read_size))
             except BlockingIOError:
                 pass
             if frames:
+                if waited:
+                    self._fair.waited()
+                else:
+                    await self._fair.tick()
                 return frames
             await trio.lowlevel.wait_readable(self.fd)
+            waited = True
 
     async def write_frames(self, frames: list[bytes]) -> int:
         """Write each frame; returns how many the kernel refused (counted as drops).

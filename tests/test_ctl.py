@@ -1,0 +1,107 @@
+"""``wsnic-trio ctl``: tables for people, JSON for scripts, exit codes for both."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from wsnic_trio._ctl import table
+
+from .apihelp import start_echo
+from .lanhost import add_client, require_tools
+from .netns import REPO, NsFactory
+from .test_api import lan0_mac
+
+
+async def ctl(sock: str, *args: str) -> tuple[int, str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [sys.executable, "-m", "wsnic_trio", "ctl", "--api", f"unix:{sock}", *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
+        )
+    return result.returncode, result.stdout.decode(), result.stderr.decode()
+
+
+def test_table_aligns_columns() -> None:
+    text = table(["id", "name"], [(1, "alpha"), (22, None)])
+    assert text.splitlines() == ["ID  NAME", "1   alpha", "22  -"]
+
+
+async def test_ctl_against_a_server(world: NsFactory, tmp_path: Path) -> None:
+    require_tools()
+    srv = world.new("srv")
+    sock = str(tmp_path / "api.sock")
+    server = await srv.start_wsnic("-a", "0.0.0.0", "--api", f"unix:{sock}")
+    guest = await add_client(world, srv, tmp_path, 0, "dev", extra=("--once",))
+    lease = await guest.dhcp("devbox")
+    await start_echo(guest.ns, "devbox")
+
+    code, out, _ = await ctl(sock, "clients")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split()[:8] == [
+        "ID",
+        "TRANSPORT",
+        "REMOTE",
+        "TAP",
+        "MAC",
+        "IP",
+        "HOSTNAME",
+        "SINCE",
+    ]
+    assert lan0_mac(guest) in row and lease["ip"] in row and "devbox" in row
+
+    code, out, _ = await ctl(sock, "--json", "clients")
+    assert code == 0
+    (client,) = json.loads(out)["clients"]
+    assert client["hostname"] == "devbox"
+
+    code, out, _ = await ctl(sock, "stats")
+    assert (
+        code == 0 and "1 clients connected" in out and out.splitlines()[1].startswith("TRANSPORT")
+    )
+    code, out, _ = await ctl(sock, "leases")
+    assert code == 0 and lease["ip"] in out and "devbox" in out
+
+    code, out, _ = await ctl(sock, "forward", "add", "127.0.0.1:2200", "devbox:7000")
+    assert code == 0 and out.strip() == "forwarding tcp 127.0.0.1:2200 to devbox:7000"
+    code, out, _ = await ctl(
+        sock, "forward", "add", "127.0.0.1:2201", f"{lease['ip']}:7001", "--udp"
+    )
+    assert code == 0
+    stream = await srv.connect_tcp("127.0.0.1", 2200)
+    async with stream:
+        await stream.send_all(b"hello")
+        await stream.send_eof()
+        with trio.fail_after(15):
+            assert await stream.receive_some(100) == b"devbox tcp hello"
+    code, out, _ = await ctl(sock, "forward", "ls")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:3] == ["PROTO", "LOCAL", "REMOTE"] and len(lines) == 3
+    assert any(
+        line.split()[:4] == ["tcp", "127.0.0.1:2200", "devbox:7000", lease["ip"]] for line in lines
+    )
+    code, out, _ = await ctl(sock, "--json", "forward", "rm", "127.0.0.1:2201")
+    assert code == 0 and json.loads(out)["removed"][0]["protocol"] == "udp"
+    code, _, err = await ctl(sock, "forward", "rm", "127.0.0.1:2201")
+    assert code == 1 and "no forward on 127.0.0.1:2201 (HTTP 404)" in err
+
+    code, _, err = await ctl(sock, "kick", "99")
+    assert code == 1 and "no client with id 99 is connected (HTTP 404)" in err
+    code, out, _ = await ctl(sock, "kick", str(client["id"]))
+    assert (
+        code == 0 and out.strip() == f"client {client['id']} disconnected ({client['tap']} removed)"
+    )
+    assert client["tap"] not in srv.links()
+    assert await server.stop() == 0
+
+    code, _, err = await ctl(sock, "clients")
+    assert code == 2 and "cannot reach the control API" in err

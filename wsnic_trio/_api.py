@@ -1,0 +1,675 @@
+"""The control API: JSON over HTTP/1.1 on a unix socket (and optionally TCP, with a token).
+
+HTTP is h11's job (a sans-IO state machine driven here by trio streams); this module
+only routes and answers. Requests are small and bounded (header and body sizes, an idle
+timeout, a cap on connections), and a handler's failure becomes a JSON error for that
+request alone: nothing a client sends can hurt the server or its peers. The endpoints
+are documented in docs/api.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import errno
+import functools
+import json
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import h11
+import trio
+
+from transports._unixpath import UnixPath, bind_unix
+
+from ._admission import FailureLimiter, TokenStore
+from ._config import Config
+from ._endpoints import ApiEndpoint, make_forward
+from ._events import MAX_SUBSCRIBERS
+from ._exceptions import SetupError
+from ._forward import ForwardError, ForwardManager
+from ._leases import Lease
+from ._metrics import CONTENT_TYPE_LATEST, make_registry, render
+from ._pcap import PcapManager
+from ._stats import Totals, mac_text, merged_totals
+
+if TYPE_CHECKING:
+    from ._server import PeerInfo, Server
+
+__all__ = ["ApiListener", "ApiServer", "bind_api", "load_api_tokens", "start_control"]
+
+log = logging.getLogger("wsnic_trio.api")
+
+RUN_ROOT = "/run/wsnic-trio"
+MAX_CONNECTIONS = 64
+MAX_BODY = 64 * 1024
+MAX_HEADER = 16 * 1024
+IDLE_TIMEOUT = 30.0
+KICK_TIMEOUT = 10.0
+_JSON = "application/json"
+
+
+# -- listening --------------------------------------------------------------------------
+
+
+class ApiListener:
+    """One bound API socket; bound before the host is touched (a taken port: exit 2)."""
+
+    def __init__(self, endpoint: ApiEndpoint, sock: socket.socket, unix: UnixPath | None) -> None:
+        self.endpoint = endpoint
+        self.sock = sock
+        self.unix = unix
+        self.needs_token = endpoint.kind == "tcp"
+
+    def describe(self) -> str:
+        if self.unix is not None:
+            return f"unix:{self.unix.path} (mode 0600)"
+        host, port = self.sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        return f"tcp:{shown}:{port} (Bearer token required)"
+
+    def close(self) -> None:
+        if self.unix is not None:
+            self.unix.close()
+            with contextlib.suppress(OSError):
+                os.rmdir(RUN_ROOT)  # only when empty: another LAN may still use it
+        elif self.sock.fileno() != -1:
+            self.sock.close()
+
+
+def _bind_one(endpoint: ApiEndpoint) -> ApiListener:
+    if endpoint.kind == "unix":
+        directory = os.path.dirname(os.path.abspath(endpoint.path))
+        if directory == RUN_ROOT and not os.path.isdir(directory):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, 0o755)
+        unix = bind_unix(endpoint.path, socket.SOCK_STREAM, 0o600, "control API")
+        return ApiListener(endpoint, unix.sock, unix)
+    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((endpoint.host, endpoint.port))
+        sock.listen(64)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        why = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise SetupError(f"control API: cannot listen on {endpoint}: {why}") from None
+    return ApiListener(endpoint, sock, None)
+
+
+def bind_api(endpoints: tuple[ApiEndpoint, ...]) -> list[ApiListener]:
+    """Bind every API endpoint; on failure release those bound so far."""
+    made: list[ApiListener] = []
+    try:
+        for endpoint in endpoints:
+            made.append(_bind_one(endpoint))
+    except BaseException:
+        for listener in made:
+            listener.close()
+        raise
+    return made
+
+
+# -- requests and answers ----------------------------------------------------------------
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or []
+
+
+@dataclasses.dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        if not self.body.strip():
+            return {}
+        try:
+            return json.loads(self.body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise HttpError(400, f"malformed JSON in the request body: {exc}") from None
+
+    def json_object(self) -> dict[str, Any]:
+        data = self.json()
+        if not isinstance(data, dict):
+            raise HttpError(400, "the request body must be a JSON object")
+        return data
+
+
+@dataclasses.dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = _JSON
+    headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+
+Send = Callable[[bytes], Awaitable[None]]
+
+
+@dataclasses.dataclass
+class Stream:
+    """A response whose body ``produce`` writes, until it returns or the client goes."""
+
+    produce: Callable[[Send], Awaitable[None]]
+    content_type: str = "application/x-ndjson"
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(status, json.dumps(data, indent=1).encode() + b"\n")
+
+
+def error_response(
+    status: int, message: str, headers: list[tuple[str, str]] | None = None
+) -> Response:
+    body = {"error": message, "status": status}
+    return Response(status, json.dumps(body).encode() + b"\n", headers=headers or [])
+
+
+def _iso(epoch: float | None) -> str | None:
+    if not epoch:
+        return None
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="seconds")
+
+
+Handler = Callable[[Request, re.Match[str]], Awaitable[Response | Stream]]
+
+
+class ApiServer:
+    """Answers API requests about one :class:`Server`."""
+
+    def __init__(self, server: Server, tokens: TokenStore | None = None) -> None:
+        self.server = server
+        self.tokens = tokens
+        self.limiter = FailureLimiter()
+        self.registry = make_registry(server)
+        self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
+            (re.compile(r"/"), {"GET": self.get_index}),
+            (re.compile(r"/clients"), {"GET": self.get_clients}),
+            (re.compile(r"/clients/(\d+)"), {"GET": self.get_client, "DELETE": self.kick}),
+            (
+                re.compile(r"/clients/(\d+)/pcap"),
+                {"POST": self.start_pcap, "DELETE": self.stop_pcap},
+            ),
+            (re.compile(r"/stats"), {"GET": self.get_stats}),
+            (re.compile(r"/leases"), {"GET": self.get_leases}),
+            (
+                re.compile(r"/forwards"),
+                {"GET": self.get_forwards, "POST": self.add_forward, "DELETE": self.rm_forward},
+            ),
+            (re.compile(r"/metrics"), {"GET": self.get_metrics}),
+            (re.compile(r"/events"), {"GET": self.get_events}),
+        ]
+
+    # -- serving --------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        listener: ApiListener,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        sock = trio.socket.from_stdlib_socket(listener.sock)
+        slots = trio.Semaphore(MAX_CONNECTIONS)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                await slots.acquire()
+                try:
+                    conn, addr = await sock.accept()
+                except OSError as exc:
+                    slots.release()
+                    log.warning("control API: accept failed: %s", exc.strerror or exc)
+                    await trio.sleep(0.1)
+                    continue
+                stream = trio.SocketStream(conn)
+                remote = addr[0] if isinstance(addr, tuple) else None
+                nursery.start_soon(self._connection, stream, listener.needs_token, remote, slots)
+
+    async def _connection(
+        self,
+        stream: trio.SocketStream,
+        needs_token: bool,
+        remote: str | None,
+        slots: trio.Semaphore,
+    ) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER)
+        try:
+            while True:
+                request: Request | None = None  # stays None when the client idles out
+                with trio.move_on_after(IDLE_TIMEOUT):
+                    try:
+                        request = await self._read(conn, stream)
+                    except HttpError as exc:
+                        await self._answer(conn, stream, error_response(exc.status, str(exc)))
+                        return
+                    except h11.RemoteProtocolError as exc:
+                        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                            response = error_response(exc.error_status_hint, f"bad HTTP: {exc}")
+                            await self._answer(conn, stream, response)
+                        return
+                if request is None:
+                    return
+                reply = await self._dispatch(request, needs_token, remote)
+                if isinstance(reply, Stream):
+                    await self._stream(conn, stream, reply)
+                    return
+                await self._answer(conn, stream, reply)
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            pass  # the client went away mid-answer; nothing to tell anybody
+        finally:
+            slots.release()
+            await trio.aclose_forcefully(stream)
+
+    async def _read(self, conn: h11.Connection, stream: trio.SocketStream) -> Request | None:
+        """The next request with its (bounded) body; None when the client closed."""
+        head: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                conn.receive_data(data)
+                if not data and head is None and conn.their_state is h11.IDLE:
+                    return None
+                continue
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            if isinstance(event, h11.Request):
+                head = event
+                length = dict(event.headers).get(b"content-length")
+                if length is not None and length.isdigit() and int(length) > MAX_BODY:
+                    raise HttpError(413, f"request body over {MAX_BODY} bytes")
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_BODY:
+                    raise HttpError(413, f"request body over {MAX_BODY} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                assert head is not None
+                target = head.target.decode("ascii", "replace")
+                path, _, query = target.partition("?")
+                params: dict[str, str] = {}
+                for part in filter(None, query.split("&")):
+                    key, _, value = part.partition("=")
+                    params[_unquote(key)] = _unquote(value)
+                headers = {k.decode().lower(): v.decode("latin-1") for k, v in head.headers}
+                return Request(head.method.decode(), path, params, headers, bytes(body))
+
+    async def _answer(
+        self, conn: h11.Connection, stream: trio.SocketStream, reply: Response
+    ) -> None:
+        headers = [
+            ("content-type", reply.content_type),
+            ("content-length", str(len(reply.body))),
+            *reply.headers,
+        ]
+        out = conn.send(h11.Response(status_code=reply.status, headers=headers))
+        out += conn.send(h11.Data(data=reply.body)) or b""
+        out += conn.send(h11.EndOfMessage()) or b""
+        await stream.send_all(out)
+
+    async def _stream(self, conn: h11.Connection, stream: trio.SocketStream, reply: Stream) -> None:
+        head = h11.Response(status_code=200, headers=[("content-type", reply.content_type)])
+        await stream.send_all(conn.send(head) or b"")
+        async with trio.open_nursery() as nursery:
+
+            async def until_client_goes() -> None:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    while await stream.receive_some(4096):
+                        pass
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_client_goes)
+
+            async def send(data: bytes) -> None:
+                await stream.send_all(conn.send(h11.Data(data=data)) or b"")
+
+            await reply.produce(send)
+            await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+            nursery.cancel_scope.cancel()
+
+    async def _dispatch(
+        self, request: Request, needs_token: bool, remote: str | None
+    ) -> Response | Stream:
+        try:
+            if needs_token:
+                self._authenticate(request, remote)
+            for pattern, methods in self.routes:
+                match = pattern.fullmatch(request.path.rstrip("/") or "/")
+                if match is None:
+                    continue
+                handler = methods.get(request.method)
+                if handler is None:
+                    allow = ", ".join(sorted(methods))
+                    raise HttpError(
+                        405,
+                        f"{request.method} is not allowed on {request.path} (allowed: {allow})",
+                        [("allow", allow)],
+                    )
+                return await handler(request, match)
+            raise HttpError(404, f"no such endpoint: {request.path} (GET / lists them)")
+        except HttpError as exc:
+            return error_response(exc.status, str(exc), exc.headers)
+        except ForwardError as exc:
+            return error_response(exc.status, str(exc))
+        except Exception as exc:
+            log.exception("control API: %s %s failed", request.method, request.path)
+            return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _authenticate(self, request: Request, remote: str | None) -> None:
+        assert self.tokens is not None
+        if remote is not None and self.limiter.blocked(remote):
+            raise HttpError(429, "too many failed logins from this address; try later")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            if remote is not None:
+                self.limiter.failed(remote)
+            raise HttpError(
+                401,
+                "this API needs 'Authorization: Bearer TOKEN'",
+                [("www-authenticate", "Bearer")],
+            )
+        if not self.tokens.valid(token.strip()):
+            if remote is not None:
+                self.limiter.failed(remote)
+            raise HttpError(403, "invalid token")
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    async def get_index(self, request: Request, match: re.Match[str]) -> Response:
+        return json_response(
+            {
+                "endpoints": [
+                    "GET /clients",
+                    "GET /clients/{id}",
+                    "DELETE /clients/{id}",
+                    "POST /clients/{id}/pcap",
+                    "DELETE /clients/{id}/pcap",
+                    "GET /stats",
+                    "GET /leases",
+                    "GET /forwards",
+                    "POST /forwards",
+                    "DELETE /forwards",
+                    "GET /metrics",
+                    "GET /events",
+                ]
+            }
+        )
+
+    async def _fresh_leases(self) -> None:
+        if self.server.leases is not None:
+            await self.server.leases.update()
+
+    def _peer(self, match: re.Match[str]) -> PeerInfo:
+        peer_id = int(match.group(1))
+        info = self.server.peers.get(peer_id)
+        if info is None:
+            raise HttpError(404, f"no client with id {peer_id} is connected")
+        return info
+
+    def client_view(self, info: PeerInfo) -> dict[str, Any]:
+        stats = info.stats
+        lease = None
+        if self.server.leases is not None and stats.mac is not None:
+            lease = self.server.leases.leases.get(stats.mac)
+        drops = stats.drops + info.link_drops
+        capture = self.server.pcap.captures.get(info.id) if self.server.pcap else None
+        return {
+            "id": info.id,
+            "transport": info.transport,
+            "remote": info.remote,
+            "tap": info.tap,
+            "mac": mac_text(stats.mac),
+            "ip": str(lease.ip) if lease is not None else None,
+            "hostname": lease.hostname if lease is not None else None,
+            "connected_since": _iso(stats.connected_at),
+            "connected_seconds": round(time.time() - stats.connected_at, 3),
+            "frames_in": stats.frames_in,
+            "bytes_in": stats.bytes_in,
+            "frames_out": stats.frames_out,
+            "bytes_out": stats.bytes_out,
+            "drops": dict(sorted(drops.items())),
+            "capture": capture.describe() if capture is not None else None,
+        }
+
+    async def get_clients(self, request: Request, match: re.Match[str]) -> Response:
+        await self._fresh_leases()
+        peers = sorted(self.server.peers.values(), key=lambda i: i.id)
+        return json_response({"clients": [self.client_view(i) for i in peers]})
+
+    async def get_client(self, request: Request, match: re.Match[str]) -> Response:
+        await self._fresh_leases()
+        return json_response(self.client_view(self._peer(match)))
+
+    async def kick(self, request: Request, match: re.Match[str]) -> Response:
+        info = self._peer(match)
+        self.server.kick(info.id)
+        # Answer once it is really gone (its TAP removed), so the caller can rely on it.
+        with trio.move_on_after(KICK_TIMEOUT):
+            await info.gone.wait()
+        gone = info.id not in self.server.peers
+        return json_response({"kicked": info.id, "tap": info.tap, "gone": gone})
+
+    async def start_pcap(self, request: Request, match: re.Match[str]) -> Response:
+        info = self._peer(match)
+        request.json_object()  # no options yet, but a malformed body is still an error
+        if self.server.pcap is None:
+            raise HttpError(409, "packet capture is off: start the server with --pcap DIR")
+        capture = self.server.pcap.start(info)
+        return json_response({"id": info.id, "capture": capture.describe()}, 201)
+
+    async def stop_pcap(self, request: Request, match: re.Match[str]) -> Response:
+        info = self._peer(match)
+        capture = self.server.pcap.stop(info.id, info) if self.server.pcap else None
+        if capture is None:
+            raise HttpError(404, f"client {info.id} is not being captured")
+        with trio.move_on_after(KICK_TIMEOUT):
+            await capture.done.wait()  # the file is complete when we answer
+        return json_response({"id": info.id, "capture": capture.describe()})
+
+    async def get_stats(self, request: Request, match: re.Match[str]) -> Response:
+        server = self.server
+        totals = merged_totals(
+            server.totals,
+            ((i.transport, i.stats, i.link_drops) for i in server.peers.values()),
+            (t.name for t in server.transports),
+        )
+        everything = Totals()
+        transports: dict[str, Any] = {}
+        for name, t in sorted(totals.items()):
+            everything.merge(t)
+            live = sum(1 for i in server.peers.values() if i.transport == name)
+            transports[name] = {"clients_connected": live, **t.as_dict()}
+        return json_response(
+            {
+                "started_at": _iso(server.started_at),
+                "uptime_seconds": round(time.time() - server.started_at, 3),
+                "clients_connected": len(server.peers),
+                "total": everything.as_dict(),
+                "transports": transports,
+                "dnsmasq_restarts": server.dnsmasq_restarts,
+                "forwards": len(server.forwards.forwards) if server.forwards else 0,
+            }
+        )
+
+    async def get_leases(self, request: Request, match: re.Match[str]) -> Response:
+        leases = self.server.leases
+        if leases is None:
+            raise HttpError(409, "this server runs no DHCP (--disable-dhcp): there are no leases")
+        await leases.update()
+        by_mac = {i.stats.mac: i.id for i in self.server.peers.values() if i.stats.mac}
+        rows = [
+            {
+                "mac": mac_text(lease.mac),
+                "ip": str(lease.ip),
+                "hostname": lease.hostname,
+                "expires": _iso(lease.expires) if lease.expires else "never",
+                "client": by_mac.get(lease.mac),
+            }
+            for lease in sorted(leases.leases.values(), key=lambda lease: lease.ip)
+        ]
+        return json_response({"leases": rows})
+
+    def _forwards(self) -> Any:
+        if self.server.forwards is None:
+            raise HttpError(503, "port forwarding is not running")
+        return self.server.forwards
+
+    async def get_forwards(self, request: Request, match: re.Match[str]) -> Response:
+        manager = self._forwards()
+        rows = [f.describe() for _, f in sorted(manager.forwards.items())]
+        return json_response({"forwards": rows})
+
+    async def add_forward(self, request: Request, match: re.Match[str]) -> Response:
+        manager = self._forwards()
+        data = request.json_object()
+        unknown = set(data) - {"local", "remote", "protocol"}
+        if unknown:
+            raise HttpError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        for key in ("local", "remote"):
+            if not isinstance(data.get(key), str):
+                raise HttpError(400, f"field {key!r} is required: a string such as 127.0.0.1:2222")
+        protocol = data.get("protocol", "tcp")
+        if not isinstance(protocol, str):
+            raise HttpError(400, 'field \'protocol\' must be "tcp" or "udp"')
+        try:
+            spec = make_forward(data["local"], data["remote"], protocol)
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        fwd = await manager.add(spec)
+        return json_response(fwd.describe(), 201)
+
+    async def rm_forward(self, request: Request, match: re.Match[str]) -> Response:
+        manager = self._forwards()
+        data = request.json_object()
+        local = data.get("local", request.query.get("local"))
+        protocol = data.get("protocol", request.query.get("protocol"))
+        if not isinstance(local, str) or not local:
+            raise HttpError(400, 'say which forward: {"local": "127.0.0.1:2222"} or ?local=')
+        if protocol is not None and protocol not in ("tcp", "udp"):
+            raise HttpError(400, 'field \'protocol\' must be "tcp" or "udp"')
+        gone = manager.remove(local, protocol)
+        return json_response({"removed": [f.describe() for f in gone]})
+
+    async def get_metrics(self, request: Request, match: re.Match[str]) -> Response:
+        await self._fresh_leases()
+        return Response(200, render(self.registry), CONTENT_TYPE_LATEST)
+
+    async def get_events(self, request: Request, match: re.Match[str]) -> Stream:
+        bus = self.server.events
+        if bus.subscribers >= MAX_SUBSCRIBERS:
+            raise HttpError(503, f"too many event subscribers (at most {MAX_SUBSCRIBERS})")
+
+        async def produce(send: Send) -> None:
+            try:
+                with bus.subscribe() as sub:
+                    await send(_line({"event": "subscribed", "time": round(time.time(), 3)}))
+                    async for event in sub.receive:
+                        await send(_line(event))
+                    if sub.overflowed:
+                        await send(_line({"event": "overflow", "detail": "events were lost"}))
+            except OverflowError as exc:
+                await send(_line({"event": "error", "detail": str(exc)}))
+
+        return Stream(produce)
+
+
+def _line(data: dict[str, Any]) -> bytes:
+    return json.dumps(data).encode() + b"\n"
+
+
+def _unquote(text: str) -> str:
+    from urllib.parse import unquote_plus
+
+    return unquote_plus(text)
+
+
+# -- start-up -----------------------------------------------------------------------------
+
+
+def load_api_tokens(config: Config) -> TokenStore | None:
+    """The TCP API's tokens, read once at start (ConfigError: exit 2)."""
+    if config.api_token_file is None:
+        return None
+    tokens = TokenStore(config.api_token_file)
+    count = tokens.load()
+    log.info("control API: %d tokens from %s", count, config.api_token_file)
+    return tokens
+
+
+async def start_control(
+    nursery: trio.Nursery,
+    server: Server,
+    listeners: list[ApiListener],
+    tokens: TokenStore | None,
+) -> None:
+    """Start capture, forwards and the API in the server's nursery, before any listener
+    accepts peers (so the first client is already captured and counted)."""
+    config = server.config
+    if config.pcap is not None:
+        if not await trio.to_thread.run_sync(config.pcap.is_dir):
+            raise SetupError(f"--pcap {config.pcap}: no such directory; create it first")
+        server.pcap = PcapManager(config.pcap, config.pcap_max_bytes, not config.pcap_on_demand)
+        await nursery.start(server.pcap.run)
+        which = "on demand (API)" if config.pcap_on_demand else "every client"
+        log.info(
+            "packet capture: %s into %s, at most %d bytes per file",
+            which,
+            config.pcap,
+            config.pcap_max_bytes,
+        )
+    server.forwards = ForwardManager(config.subnet, server.leases, config.dhcp_domain_name)
+    await nursery.start(server.forwards.run)
+    for spec in config.forward:
+        try:
+            await server.forwards.add(spec)
+        except ForwardError as exc:
+            raise SetupError(f"--forward {spec}: {exc}") from None
+    api = ApiServer(server, tokens)
+    for listener in listeners:
+        await nursery.start(api.serve, listener)
+        log.info("control API on %s", listener.describe())
+    if server.leases is not None:
+        server.leases.on_change.append(functools.partial(_lease_events, server))
+
+
+def _lease_events(server: Server, old: dict[bytes, Lease], new: dict[bytes, Lease]) -> None:
+    by_mac = {i.stats.mac: i.id for i in server.peers.values() if i.stats.mac}
+    for mac, lease in new.items():
+        before = old.get(mac)
+        if before is None or (before.ip, before.hostname, before.expires) != (
+            lease.ip,
+            lease.hostname,
+            lease.expires,
+        ):
+            server.events.publish(
+                "lease-granted",
+                mac=mac_text(mac),
+                ip=str(lease.ip),
+                hostname=lease.hostname,
+                expires=lease.expires,
+                client=by_mac.get(mac),
+            )
+    for mac, lease in old.items():
+        if mac not in new:
+            server.events.publish(
+                "lease-released", mac=mac_text(mac), ip=str(lease.ip), hostname=lease.hostname
+            )

@@ -1,0 +1,380 @@
+"""Port forwards from the server's host into the LAN, proxied by the server itself.
+
+Doing it in-process (not with nftables DNAT) means a forward works wherever the server
+runs, rootless included, and a forward to a *name* follows the guest when its lease
+moves: the name is looked up in dnsmasq's leases each time a TCP connection or a UDP
+session starts.
+
+Every forward is a task in the manager's nursery, with its own cancel scope, so
+removing one is cancelling that scope. Everything is bounded: connections per TCP
+forward, sessions per UDP forward (each with an idle timeout), and the datagrams queued
+toward one session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import logging
+import socket
+from typing import Any
+
+import trio
+
+from ._endpoints import ForwardSpec, check_remote
+from ._leases import LeaseTable
+
+__all__ = ["ForwardError", "ForwardManager"]
+
+log = logging.getLogger("wsnic_trio.forward")
+
+MAX_FORWARDS = 256
+MAX_TCP_CONNECTIONS = 256
+MAX_UDP_SESSIONS = 256
+UDP_IDLE_TIMEOUT = 60.0
+UDP_QUEUE = 64
+CONNECT_TIMEOUT = 10.0
+_CHUNK = 65536
+
+
+class ForwardError(Exception):
+    """A forward cannot be made or found; ``status`` is the HTTP status the API answers."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass
+class Forward:
+    spec: ForwardSpec  # with the port really bound (``:0`` asks for any free one)
+    requested: str
+    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+    active: int = 0
+    total: int = 0
+    refused: int = 0
+    failed: int = 0
+    bytes_to_remote: int = 0
+    bytes_from_remote: int = 0
+    last_error: str | None = None
+    resolved: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "local": self.spec.local,
+            "remote": self.spec.remote,
+            "protocol": self.spec.protocol,
+            "requested": self.requested,
+            "resolved": self.resolved,
+            "active": self.active,
+            "total": self.total,
+            "refused": self.refused,
+            "failed": self.failed,
+            "bytes_to_remote": self.bytes_to_remote,
+            "bytes_from_remote": self.bytes_from_remote,
+            "last_error": self.last_error,
+        }
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class ForwardManager:
+    def __init__(
+        self, subnet: ipaddress.IPv4Network, leases: LeaseTable | None, domain: str
+    ) -> None:
+        self.subnet = subnet
+        self.leases = leases
+        self.domain = domain
+        self.forwards: dict[tuple[str, str], Forward] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- the API's operations -----------------------------------------------------------
+
+    def validate(self, spec: ForwardSpec) -> None:
+        problem = check_remote(spec.remote_host, self.subnet)
+        if problem is not None:
+            raise ForwardError(problem)
+        if _is_name(spec.remote_host) and self.leases is None:
+            raise ForwardError(
+                f"remote {spec.remote_host!r} is a name, and names are looked up in the DHCP "
+                "leases, but this server runs without DHCP (--disable-dhcp): give an address"
+            )
+
+    async def add(self, spec: ForwardSpec) -> Forward:
+        """Bind the local side and start forwarding; raises ForwardError, changing nothing."""
+        assert self._nursery is not None, "ForwardManager.run is not running"
+        self.validate(spec)
+        if (spec.protocol, spec.local) in self.forwards:
+            raise ForwardError(f"{spec.protocol} {spec.local} is already forwarded", 409)
+        if len(self.forwards) >= MAX_FORWARDS:
+            raise ForwardError(f"too many forwards (at most {MAX_FORWARDS})", 409)
+        sock = await self._bind(spec)
+        try:
+            host, port = sock.getsockname()[:2]
+            bound = dataclasses.replace(spec, local_host=host, local_port=port)
+            fwd = Forward(bound, str(spec))
+            key = (bound.protocol, bound.local)
+            if key in self.forwards:
+                raise ForwardError(f"{bound.protocol} {bound.local} is already forwarded", 409)
+        except BaseException:
+            sock.close()
+            raise
+        serve = self._serve_tcp if spec.protocol == "tcp" else self._serve_udp
+        await self._nursery.start(serve, fwd, sock)
+        self.forwards[key] = fwd
+        log.info("forwarding %s %s to %s", bound.protocol, bound.local, bound.remote)
+        return fwd
+
+    def remove(self, local: str, protocol: str | None = None) -> list[Forward]:
+        """Stop the forwards on ``local`` (of one protocol, or all); raises when none."""
+        keys = [
+            key
+            for key in self.forwards
+            if key[1] == local and (protocol is None or key[0] == protocol)
+        ]
+        if not keys:
+            what = f"{protocol} " if protocol else ""
+            raise ForwardError(f"no {what}forward on {local}", 404)
+        gone = [self.forwards.pop(key) for key in keys]
+        for fwd in gone:
+            fwd.scope.cancel()
+            log.info("forward %s %s removed", fwd.spec.protocol, fwd.spec.local)
+        return gone
+
+    async def _bind(self, spec: ForwardSpec) -> trio.socket.SocketType:
+        kind = socket.SOCK_STREAM if spec.protocol == "tcp" else socket.SOCK_DGRAM
+        sock = trio.socket.socket(_family(spec.local_host), kind)
+        try:
+            if kind == socket.SOCK_STREAM:
+                # Only TIME_WAIT leftovers are overridden; a live listener still says EADDRINUSE.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            await sock.bind((spec.local_host, spec.local_port))
+            if kind == socket.SOCK_STREAM:
+                sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise ForwardError(
+                    f"local address {spec.local} ({spec.protocol}) is already in use", 409
+                ) from None
+            if exc.errno == errno.EACCES:
+                raise ForwardError(
+                    f"local address {spec.local}: permission denied (a port below 1024 needs "
+                    "privileges)",
+                    403,
+                ) from None
+            raise ForwardError(
+                f"cannot bind local address {spec.local}: {exc.strerror or exc}"
+            ) from None
+        return sock
+
+    async def resolve(self, fwd: Forward) -> str:
+        """The remote's address now: itself, or the address leased to that host name."""
+        host = fwd.spec.remote_host
+        if not _is_name(host):
+            fwd.resolved = host
+            return host
+        assert self.leases is not None
+        await self.leases.update()
+        name = host.removesuffix("." + self.domain)
+        lease = self.leases.by_hostname(name)
+        if lease is None or lease.ip not in self.subnet:
+            raise ForwardError(f"no DHCP lease for host name {name!r}", 502)
+        fwd.resolved = str(lease.ip)
+        return fwd.resolved
+
+    # -- TCP ------------------------------------------------------------------------------
+
+    async def _serve_tcp(
+        self,
+        fwd: Forward,
+        sock: trio.socket.SocketType,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        listener = trio.SocketListener(sock)
+        try:
+            with fwd.scope:
+                async with trio.open_nursery() as nursery:
+                    task_status.started()
+                    while True:
+                        try:
+                            stream = await listener.accept()
+                        except OSError as exc:  # EMFILE and the like: wait, don't spin
+                            fwd.last_error = exc.strerror or str(exc)
+                            await trio.sleep(0.1)
+                            continue
+                        if fwd.active >= MAX_TCP_CONNECTIONS:
+                            fwd.refused += 1
+                            await trio.aclose_forcefully(stream)
+                            continue
+                        fwd.active += 1
+                        fwd.total += 1
+                        nursery.start_soon(self._tcp_connection, fwd, stream)
+        finally:
+            await trio.aclose_forcefully(listener)
+
+    async def _tcp_connection(self, fwd: Forward, client: trio.SocketStream) -> None:
+        try:
+            async with client:
+                try:
+                    host = await self.resolve(fwd)
+                    with trio.fail_after(CONNECT_TIMEOUT):
+                        remote = await trio.open_tcp_stream(host, fwd.spec.remote_port)
+                except (ForwardError, OSError, trio.TooSlowError) as exc:
+                    fwd.failed += 1
+                    fwd.last_error = _text(exc)
+                    log.info(
+                        "forward %s: cannot reach %s: %s",
+                        fwd.spec.local,
+                        fwd.spec.remote,
+                        fwd.last_error,
+                    )
+                    return
+                async with remote, trio.open_nursery() as nursery:
+                    nursery.start_soon(_pipe, client, remote, fwd, True, nursery.cancel_scope)
+                    nursery.start_soon(_pipe, remote, client, fwd, False, nursery.cancel_scope)
+        finally:
+            fwd.active -= 1
+
+    # -- UDP ------------------------------------------------------------------------------
+
+    async def _serve_udp(
+        self,
+        fwd: Forward,
+        sock: trio.socket.SocketType,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        sessions: dict[Any, trio.MemorySendChannel[bytes]] = {}
+        with sock, fwd.scope:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    try:
+                        data, source = await sock.recvfrom(_CHUNK)
+                    except OSError as exc:
+                        fwd.last_error = exc.strerror or str(exc)
+                        await trio.sleep(0.01)
+                        continue
+                    queue = sessions.get(source)
+                    if queue is None:
+                        if len(sessions) >= MAX_UDP_SESSIONS:
+                            fwd.refused += 1
+                            continue
+                        queue, receive = trio.open_memory_channel[bytes](UDP_QUEUE)
+                        sessions[source] = queue
+                        fwd.active += 1
+                        fwd.total += 1
+                        nursery.start_soon(self._udp_session, fwd, sock, source, receive, sessions)
+                    try:
+                        queue.send_nowait(data)
+                    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                        fwd.refused += 1
+
+    async def _udp_session(
+        self,
+        fwd: Forward,
+        local: trio.socket.SocketType,
+        source: Any,
+        queue: trio.MemoryReceiveChannel[bytes],
+        sessions: dict[Any, trio.MemorySendChannel[bytes]],
+    ) -> None:
+        """One client address: its datagrams go out of one socket of our own, replies
+        to that socket come back to it; ends after UDP_IDLE_TIMEOUT without traffic."""
+        try:
+            with queue:
+                try:
+                    host = await self.resolve(fwd)
+                except ForwardError as exc:
+                    fwd.failed += 1
+                    fwd.last_error = str(exc)
+                    return
+                with trio.socket.socket(_family(host), socket.SOCK_DGRAM) as remote:
+                    try:
+                        await remote.connect((host, fwd.spec.remote_port))
+                    except OSError as exc:
+                        fwd.failed += 1
+                        fwd.last_error = _text(exc)
+                        return
+                    # The session's scope ends it after UDP_IDLE_TIMEOUT; traffic pushes
+                    # the deadline on.
+                    idle = trio.CancelScope(deadline=trio.current_time() + UDP_IDLE_TIMEOUT)
+
+                    def touch() -> None:
+                        idle.deadline = trio.current_time() + UDP_IDLE_TIMEOUT
+
+                    async def outbound() -> None:
+                        async for data in queue:
+                            touch()
+                            try:
+                                fwd.bytes_to_remote += await remote.send(data)
+                            except OSError as exc:  # e.g. an ICMP error from the last send
+                                fwd.last_error = exc.strerror or str(exc)
+
+                    async def inbound() -> None:
+                        while True:
+                            try:
+                                data = await remote.recv(_CHUNK)
+                            except OSError as exc:  # ECONNREFUSED: nobody on that port
+                                fwd.last_error = exc.strerror or str(exc)
+                                continue
+                            touch()
+                            fwd.bytes_from_remote += len(data)
+                            try:
+                                await local.sendto(data, source)
+                            except OSError as exc:
+                                fwd.last_error = exc.strerror or str(exc)
+
+                    with idle:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(outbound)
+                            nursery.start_soon(inbound)
+        finally:
+            sessions.pop(source, None)
+            fwd.active -= 1
+
+
+async def _pipe(
+    src: trio.SocketStream,
+    dst: trio.SocketStream,
+    fwd: Forward,
+    to_remote: bool,
+    both: trio.CancelScope,
+) -> None:
+    """Copy one direction; EOF is passed on as a half-close, an error ends both."""
+    try:
+        while chunk := await src.receive_some(_CHUNK):
+            await dst.send_all(chunk)
+            if to_remote:
+                fwd.bytes_to_remote += len(chunk)
+            else:
+                fwd.bytes_from_remote += len(chunk)
+        await dst.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        both.cancel()
+
+
+def _is_name(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
+
+
+def _text(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return f"no connection within {CONNECT_TIMEOUT:g} s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)

@@ -1,0 +1,145 @@
+"""The rootless helper's wire protocol: one JSON object per ``SOCK_SEQPACKET`` message.
+
+The server (in the host namespace) and the namespace helper (see ``_nshelper``) talk
+over a unix seqpacket socketpair, so every message arrives whole or not at all and
+there is no framing to get wrong. The exchange is strictly request then reply, one at a
+time; a reply to ``tap`` carries the TAP's file descriptor as ``SCM_RIGHTS`` ancillary
+data, and the helper closes its own copy right after sending it.
+
+    server                                   helper
+    setup {config}                  ->       unshare done already; bridge, sysctls
+                                    <-       ok {rundir}
+    (server starts the uplink against the helper's pid)
+    start {uplink}                  ->       NAT on the uplink, dnsmasq
+                                    <-       ok {}
+    tap                             ->       a TAP on the bridge
+                                    <-       ok {name} + fd
+    ...                                      EOF: stop dnsmasq, exit (the namespace goes)
+
+This module is sans-IO: it turns requests and replies into bytes and back, checks
+them, and converts a :class:`~wsnic_trio.Config` to plain JSON values that
+:meth:`Config.from_mapping` reads back. Both sides share it; it imports no sockets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ._config import OPTIONS, Config
+from ._exceptions import WsnicError
+
+__all__ = [
+    "MAX_MESSAGE",
+    "HelperProtocolError",
+    "Reply",
+    "Request",
+    "config_from_wire",
+    "config_to_wire",
+    "decode_reply",
+    "decode_request",
+    "encode_reply",
+    "encode_request",
+]
+
+#: Largest message either side sends or accepts (a whole Config is a few KiB).
+MAX_MESSAGE = 64 * 1024
+OPS = ("setup", "start", "tap")
+
+
+class HelperProtocolError(WsnicError):
+    """A message that is not valid in this protocol (a bug, or a foreign process)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    op: str
+    args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    ok: bool
+    values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    error: str = ""
+
+
+def _dump(obj: Mapping[str, Any]) -> bytes:
+    data = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+    if len(data) > MAX_MESSAGE:
+        raise HelperProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    return data
+
+
+def _load(data: bytes) -> dict[str, Any]:
+    if not data:
+        raise HelperProtocolError("empty message")
+    if len(data) > MAX_MESSAGE:
+        raise HelperProtocolError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HelperProtocolError(f"not a JSON message: {exc}") from None
+    if not isinstance(obj, dict):
+        raise HelperProtocolError("a message must be a JSON object")
+    return obj
+
+
+def encode_request(request: Request) -> bytes:
+    if request.op not in OPS:
+        raise HelperProtocolError(f"unknown request {request.op!r}")
+    return _dump({"op": request.op, "args": dict(request.args)})
+
+
+def decode_request(data: bytes) -> Request:
+    obj = _load(data)
+    op, args = obj.get("op"), obj.get("args", {})
+    if op not in OPS:
+        raise HelperProtocolError(f"unknown request {op!r}")
+    if not isinstance(args, dict):
+        raise HelperProtocolError("request args must be an object")
+    return Request(op, args)
+
+
+def encode_reply(reply: Reply) -> bytes:
+    if reply.ok:
+        return _dump({"ok": True, "values": dict(reply.values)})
+    return _dump({"ok": False, "error": reply.error or "unknown error"})
+
+
+def decode_reply(data: bytes) -> Reply:
+    obj = _load(data)
+    ok = obj.get("ok")
+    if ok is True:
+        values = obj.get("values", {})
+        if not isinstance(values, dict):
+            raise HelperProtocolError("reply values must be an object")
+        return Reply(True, values)
+    if ok is False:
+        error = obj.get("error")
+        if not isinstance(error, str):
+            raise HelperProtocolError("an error reply needs an error text")
+        return Reply(False, error=error)
+    raise HelperProtocolError("a reply needs ok: true or false")
+
+
+# -- the Config, as values Config.from_mapping reads back ---------------------------------
+
+
+def _wire_value(kind: str, value: Any) -> Any:
+    if kind == "list":
+        return [str(v) for v in value]
+    if kind in ("flag", "count"):
+        return value
+    return "" if value is None else str(value)
+
+
+def config_to_wire(config: Config) -> dict[str, Any]:
+    """Every option as JSON values, in the syntax a config file would use."""
+    return {name: _wire_value(spec.kind, getattr(config, name)) for name, spec in OPTIONS.items()}
+
+
+def config_from_wire(values: Mapping[str, Any]) -> Config:
+    return Config.from_mapping(values, source="rootless helper request")

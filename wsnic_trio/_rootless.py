@@ -1,0 +1,474 @@
+"""Rootless mode: the same LAN, built by a namespace helper for an unprivileged user.
+
+:class:`RootlessLan` has the interface of :class:`~wsnic_trio._lan.Lan` (an async
+context manager with ``open_tap()``), so the server and the relay code do not know
+which one they use. The server itself never changes namespace: its listeners and
+sockets stay where it was started. The helper (``_nshelper``, a fresh single-threaded
+process) owns a user + network namespace with the bridge, NAT and dnsmasq in it, and
+sends each TAP back as a file descriptor. The uplink (slirp4netns, or pasta) is
+started here, in the host namespace, against the helper's pid.
+
+Lifetimes need no thread and no ``PR_SET_PDEATHSIG`` (Trio forks from worker threads,
+so the "parent" that signal watches is a thread that may be long gone): the helper
+exits on EOF of its socket, slirp4netns on EOF of its ``--exit-fd`` pipe, dnsmasq when
+the helper goes. Only this process holds the other ends, so ``kill -9`` of the server
+ends them all and the kernel frees the namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import trio
+
+from ._config import Config
+from ._exceptions import ConfigError, SetupError
+from ._lan import Lan
+from ._nsproto import (
+    MAX_MESSAGE,
+    HelperProtocolError,
+    Reply,
+    Request,
+    config_to_wire,
+    decode_reply,
+    encode_request,
+)
+from ._services import lan_services
+from ._tap import TapDevice
+
+__all__ = [
+    "SLIRP_HOST",
+    "HelperLan",
+    "RootlessLan",
+    "choose_rootless",
+    "has_net_admin",
+    "open_backend",
+    "pasta_argv",
+    "slirp4netns_argv",
+]
+
+log = logging.getLogger("wsnic_trio.rootless")
+
+#: slirp4netns's fixed addresses: the namespace side, and the host's loopback.
+SLIRP_DEVICE = "tap0"
+SLIRP_HOST = "10.0.2.2"
+PASTA_DEVICE = "pasta0"
+_REQUEST_TIMEOUT = 30.0
+_UPLINK_TIMEOUT = 15.0
+_STOP_TIMEOUT = 5.0
+_CAP_NET_ADMIN = 12
+
+
+# -- sans-IO: which mode, which command line ------------------------------------------
+
+
+def has_net_admin(status: str) -> bool:
+    """Whether /proc/self/status text shows CAP_NET_ADMIN in the effective set."""
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> _CAP_NET_ADMIN & 1)
+    return False
+
+
+def choose_rootless(config: Config, *, euid: int, net_admin: bool) -> tuple[bool, str]:
+    """(rootless?, why) for the log line that tells the user which mode runs."""
+    if config.rootless:
+        return True, "rootless mode (--rootless)"
+    if euid == 0 or net_admin:
+        return False, "root mode"
+    return True, "rootless mode (not root and no CAP_NET_ADMIN: chosen automatically)"
+
+
+def slirp4netns_argv(
+    binary: str, pid: int, *, ready_fd: int, exit_fd: int, host_loopback: bool
+) -> list[str]:
+    argv = [
+        binary,
+        "--configure",
+        "--mtu=65520",
+        f"--ready-fd={ready_fd}",
+        f"--exit-fd={exit_fd}",
+        "--enable-sandbox",
+        "--enable-seccomp",
+        "--disable-dns",
+    ]
+    if not host_loopback:
+        argv.append("--disable-host-loopback")
+    return [*argv, str(pid), SLIRP_DEVICE]
+
+
+def pasta_argv(binary: str, pid: int, *, pid_file: Path, host_loopback: bool) -> list[str]:
+    """pasta configures the namespace like the host's uplink, then detaches; it quits
+    by itself when the namespace is gone."""
+    argv = [
+        binary,
+        "--config-net",
+        "--quiet",
+        f"--ns-ifname={PASTA_DEVICE}",
+        f"--pid={pid_file}",
+        "--dns=",
+    ]
+    if not host_loopback:
+        argv.append("--no-map-gw")
+    return [*argv, str(pid)]
+
+
+# -- I/O ------------------------------------------------------------------------------
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise SetupError(
+            f"rootless mode with --enable-inet needs {name} (Debian: apt-get install {package})"
+        )
+    return path
+
+
+def _check_prerequisites(config: Config) -> None:
+    if config.inet_iface is not None:
+        raise ConfigError(
+            "--inet-iface has no meaning in rootless mode: the uplink is --uplink "
+            f"({config.uplink})"
+        )
+    if not os.path.exists("/dev/net/tun"):
+        raise SetupError("/dev/net/tun is missing (is the tun module loaded?)")
+    if (
+        not config.disable_dhcp
+        and shutil.which("dnsmasq") is None
+        and not any(os.access(p, os.X_OK) for p in ("/usr/sbin/dnsmasq", "/sbin/dnsmasq"))
+    ):
+        raise SetupError(
+            "dnsmasq is not installed (Debian: apt-get install dnsmasq-base); "
+            "or run without DHCP/DNS with --disable-dhcp"
+        )
+    if config.enable_inet:
+        _tool("nft", "nftables")
+        if config.uplink == "pasta":
+            _tool("pasta", "passt")
+        else:
+            _tool("slirp4netns", "slirp4netns")
+
+
+@dataclasses.dataclass
+class _Uplink:
+    """A running uplink process and the fd whose closing tells it to stop."""
+
+    proc: trio.Process | None
+    exit_fd: int | None = None
+    pid: int | None = None  # pasta's daemon, which is not our child
+
+
+class HelperLan:
+    """A LAN whose bridge, NAT and dnsmasq belong to a helper process (``_nshelper``);
+    the server asks it for each TAP and gets the fd over a seqpacket socketpair.
+
+    Two kinds: :class:`RootlessLan` (the helper unshares a user + network namespace) and
+    ``_privsep.SeparatedLan`` (``--user``: the helper stays root in the server's own
+    namespace while the server drops its privileges). ``config`` is the effective one.
+    """
+
+    #: Extra arguments of ``python -m wsnic_trio._nshelper`` before the fd number.
+    helper_flags: tuple[str, ...] = ()
+    #: What the helper is called in error messages.
+    helper_name = "helper"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.bridge = config.bridge
+        self.helper_pid: int | None = None
+        self._proc: trio.Process | None = None
+        self._sock: trio.socket.SocketType | None = None
+        self._lock = trio.Lock()
+        self._broken: str | None = None
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with trio.CancelScope(shield=True):
+            await self._stop()
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _spawn_helper(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = await trio.lowlevel.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "wsnic_trio._nshelper",
+                    *self.helper_flags,
+                    str(theirs.fileno()),
+                ],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                # Its own session: a Ctrl-C for the server's terminal must not reach the
+                # helper or the uplink; they stop when the server lets go of them.
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        self._sock = trio.socket.from_stdlib_socket(ours)
+        self.helper_pid = self._proc.pid
+
+    async def _stop(self) -> None:
+        """Let go of the helper and wait (bounded) until it is gone."""
+        if self._sock is not None:
+            self._sock.close()  # the helper reads EOF: dnsmasq stops, the helper exits
+            self._sock = None
+        if self._proc is not None:
+            await _wait_or_kill(self._proc)
+            self._proc = None
+
+    async def _call(self, request: Request) -> Reply:
+        reply, fd = await self._exchange(request)
+        if fd is not None:
+            os.close(fd)
+        return reply
+
+    async def _exchange(self, request: Request) -> tuple[Reply, int | None]:
+        """One request and its reply; shielded, so a cancelled caller cannot leave a
+        reply in the socket for the next one. A helper that stops answering breaks the
+        LAN for every later request."""
+        if self._broken is not None:
+            raise SetupError(self._broken)
+        sock = self._sock
+        assert sock is not None
+        async with self._lock:
+            try:
+                with trio.fail_after(_REQUEST_TIMEOUT, shield=True):
+                    await sock.send(encode_request(request))
+                    data, ancdata, _, _ = await sock.recvmsg(
+                        MAX_MESSAGE + 1,
+                        socket.CMSG_SPACE(4 * 4),
+                        socket.MSG_CMSG_CLOEXEC,
+                    )
+            except (trio.TooSlowError, OSError) as exc:
+                self._broken = f"the {self.helper_name} does not answer ({exc or 'timeout'})"
+                raise SetupError(self._broken) from None
+        fds = _fds_of(ancdata)
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            self._broken = f"the {self.helper_name} exited (see its log lines above)"
+            raise SetupError(self._broken)
+        try:
+            reply = decode_reply(data)
+            if not reply.ok:
+                raise SetupError(reply.error)
+            if len(fds) > 1 or (request.op != "tap" and fds):
+                raise HelperProtocolError(f"unexpected fds with the reply to {request.op}")
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return reply, (fds[0] if fds else None)
+
+    @contextlib.asynccontextmanager
+    async def open_tap(self) -> AsyncIterator[TapDevice]:
+        """A fresh TAP on the bridge, made by the helper; deleted when the block ends."""
+        reply, fd = await self._exchange(Request("tap"))
+        if fd is None:
+            raise HelperProtocolError("the helper's tap reply carried no fd")
+        tap = TapDevice(fd, str(reply.values.get("name", "?")))
+        try:
+            yield tap
+        finally:
+            tap.close()
+
+
+class RootlessLan(HelperLan):
+    """The LAN of rootless mode; ``config`` is the effective one (its lease file is the
+    helper's, so ``--lock-ip`` reads the leases where dnsmasq writes them)."""
+
+    helper_name = "rootless helper"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.rundir: Path | None = None
+        self._uplink: _Uplink | None = None
+
+    async def _start(self) -> None:
+        config = self.config
+        await trio.to_thread.run_sync(_check_prerequisites, config)
+        await self._spawn_helper()
+        reply = await self._call(Request("setup", {"config": config_to_wire(config)}))
+        self.rundir = Path(str(reply.values["rundir"]))
+        if not config.disable_dhcp and config.dhcp_lease_file is None:
+            self.config = dataclasses.replace(
+                config, dhcp_lease_file=self.rundir / "dnsmasq.leases"
+            )
+        uplink_device: str | None = None
+        host_address: str | None = None
+        if config.enable_inet:
+            uplink_device, host_address = await self._start_uplink()
+        await self._call(Request("start", {"uplink": uplink_device, "host_address": host_address}))
+        log.info(
+            "rootless LAN ready: bridge %s in the namespace of helper pid %d%s",
+            self.bridge,
+            self.helper_pid,
+            f", uplink {config.uplink}" if uplink_device else ", no uplink (no --enable-inet)",
+        )
+
+    async def _start_uplink(self) -> tuple[str, str | None]:
+        assert self.helper_pid is not None
+        assert self.rundir is not None
+        config = self.config
+        if config.uplink == "pasta":
+            return await self._start_pasta()
+        ready_r, ready_w = os.pipe()
+        exit_r, exit_w = os.pipe()
+        log_path = self.rundir / "slirp4netns.log"
+        self._uplink = _Uplink(None, exit_w)
+        try:
+            with open(log_path, "wb") as log_file:  # noqa: ASYNC230 (a local tmpfs, once)
+                self._uplink.proc = await trio.lowlevel.open_process(
+                    slirp4netns_argv(
+                        _tool("slirp4netns", "slirp4netns"),
+                        self.helper_pid,
+                        ready_fd=ready_w,
+                        exit_fd=exit_r,
+                        host_loopback=config.host_loopback,
+                    ),
+                    pass_fds=[ready_w, exit_r],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    start_new_session=True,
+                )
+        finally:
+            os.close(ready_w)
+            os.close(exit_r)
+        ready = trio.lowlevel.FdStream(ready_r)
+        try:
+            with trio.move_on_after(_UPLINK_TIMEOUT):
+                got = await ready.receive_some(16)
+        finally:
+            await ready.aclose()
+        if not got.startswith(b"1"):
+            text = await trio.to_thread.run_sync(_tail, log_path)
+            raise SetupError(f"slirp4netns did not come up: {text or 'no output'}")
+        log.info(
+            "uplink: slirp4netns (pid %d)%s",
+            self._uplink.proc.pid,
+            f"; {SLIRP_HOST} is this host's loopback" if config.host_loopback else "",
+        )
+        return SLIRP_DEVICE, SLIRP_HOST if config.host_loopback else None
+
+    async def _start_pasta(self) -> tuple[str, str | None]:
+        assert self.helper_pid is not None
+        assert self.rundir is not None
+        pid_file = self.rundir / "pasta.pid"
+        result = await trio.run_process(
+            pasta_argv(
+                _tool("pasta", "passt"),
+                self.helper_pid,
+                pid_file=pid_file,
+                host_loopback=self.config.host_loopback,
+            ),
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            why = (result.stderr or result.stdout).decode(errors="replace").strip()
+            raise SetupError(f"pasta did not come up: {why.splitlines()[-1] if why else ''}")
+        with contextlib.suppress(OSError, ValueError):
+            self._uplink = _Uplink(None, pid=int(pid_file.read_text().strip()))
+        log.info("uplink: pasta (pid %s)", self._uplink.pid if self._uplink else "?")
+        # pasta maps the host's default gateway address to its loopback; the LAN may
+        # reach it only when asked to (found by the helper as its default gateway).
+        return PASTA_DEVICE, None
+
+    async def _stop(self) -> None:
+        """Let go of the helper and the uplink, and wait (bounded) until they are gone."""
+        if self._sock is not None:
+            self._sock.close()  # the helper reads EOF: dnsmasq stops, the helper exits
+            self._sock = None
+        uplink, self._uplink = self._uplink, None
+        if uplink is not None:
+            if uplink.exit_fd is not None:
+                os.close(uplink.exit_fd)  # slirp4netns reads EOF on --exit-fd and exits
+            if uplink.proc is not None:
+                await _wait_or_kill(uplink.proc)
+            if uplink.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(uplink.pid, signal.SIGTERM)
+        if self._proc is not None:
+            await _wait_or_kill(self._proc)
+            self._proc = None
+
+
+def _fds_of(ancdata: Sequence[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(int.from_bytes(data[i : i + 4], sys.byteorder) for i in range(0, usable, 4))
+    return fds
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError as exc:
+        return "" if exc.errno == errno.ENOENT else str(exc)
+    return " / ".join(lines[-3:])
+
+
+async def _wait_or_kill(proc: trio.Process) -> None:
+    with trio.move_on_after(_STOP_TIMEOUT):
+        await proc.wait()
+        return
+    proc.kill()
+    await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def open_backend(config: Config) -> AsyncIterator[Lan | RootlessLan]:
+    """The LAN for this run, root or rootless (the log says which, and why).
+
+    In root mode the host-side services (leftover cleanup, NAT) come with the bridge;
+    in rootless mode the helper runs NAT and dnsmasq in its namespace.
+    """
+    try:
+        status = await trio.Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    rootless, why = choose_rootless(config, euid=os.geteuid(), net_admin=has_net_admin(status))
+    log.info("mode: %s", why)
+    if rootless:
+        async with RootlessLan(config) as lan:
+            yield lan
+    else:
+        async with Lan(config) as lan, lan_services(config):
+            yield lan
