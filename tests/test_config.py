@@ -170,3 +170,15 @@ def test_connect_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> No
     assert "multicast" in capsys.readouterr().err
     assert main(["connect", "http://x/"]) == 2
     assert "unsupported URL" in capsys.readouterr().err
+
+
+def test_every_option_is_in_the_user_guide() -> None:
+    """The options table in docs/user-guide.md names every flag the server accepts."""
+    guide = (Path(__file__).parent.parent / "docs" / "user-guide.md").read_text()
+    undocumented = [
+        flag
+        for spec in OPTIONS.values()
+        for flag in spec.flags
+        if flag.startswith("--") and f"`{flag}" not in guide and f" {flag}" not in guide
+    ]
+    assert not undocumented, f"add these to docs/user-guide.md: {undocumented}"
