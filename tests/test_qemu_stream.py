@@ -56,9 +56,10 @@ def test_vm_listener_options_repeat_and_parse(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--qemu", "/run/a.sock"], "is not an endpoint such as unix:"),
-        (["--qemu", "tcp:host"], "is not an endpoint"),
-        (["--qemu-connect", "tcp:host:99999"], "is not an endpoint"),
+        (["--qemu", "/run/a.sock"], "is not unix:PATH or tcp:HOST:PORT"),
+        (["--qemu", "tcp:host"], "is not HOST:PORT"),
+        (["--qemu-connect", "tcp:host:99999"], "is not a port"),
+        (["--qemu", "tcp:127.0.0.1:0"], "needs a fixed port"),
         (["--socket-mode", "rw"], "not an octal file mode"),
         (["--dgram-max-peers", "0"], "must be at least 1"),
     ],

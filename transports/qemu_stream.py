@@ -17,7 +17,6 @@ server by itself; in this mode it does not need to.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import errno
 import logging
 import os
@@ -27,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from wsnic_trio._endpoints import Endpoint
+from wsnic_trio._endpoints import parse_endpoint as _parse_endpoint
 from wsnic_trio._exceptions import PeerClosed, PeerError, PeerProtocolError, PeerTimeout
 
 from ._listen import accept_forever, bind_all
@@ -53,35 +54,12 @@ _REDIAL_MIN = 0.5
 _REDIAL_MAX = 5.0
 
 
-@dataclasses.dataclass(frozen=True)
-class Endpoint:
-    """``unix:PATH`` or ``tcp:HOST:PORT`` (``tcp:[v6addr]:PORT`` for IPv6)."""
-
-    kind: str  # "unix" | "tcp"
-    path: str = ""
-    host: str = ""
-    port: int = 0
-
-    def __str__(self) -> str:
-        if self.kind == "unix":
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp:{host}:{self.port}"
-
-
 def parse_endpoint(text: str) -> Endpoint:
-    """Parse ``unix:PATH`` / ``tcp:HOST:PORT``; raises ValueError with a usable message."""
-    kind, sep, rest = text.partition(":")
-    if sep and kind == "unix" and rest:
-        return Endpoint("unix", path=rest)
-    if sep and kind == "tcp":
-        host, sep2, port_text = rest.rpartition(":")
-        host = host.removeprefix("[").removesuffix("]")
-        if sep2 and host and port_text.isdigit() and 0 < int(port_text) <= 65535:
-            return Endpoint("tcp", host=host, port=int(port_text))
-    raise ValueError(
-        f"{text!r} is not an endpoint such as unix:/run/wsnic/qemu.sock or tcp:127.0.0.1:9000"
-    )
+    """``unix:PATH`` / ``tcp:HOST:PORT`` for ``--qemu`` and ``--qemu-connect``."""
+    endpoint = _parse_endpoint(text, "QEMU address", allow_name=True)
+    if endpoint.kind == "tcp" and endpoint.port == 0:
+        raise ValueError(f"{text!r}: QEMU needs a fixed port, not 0")
+    return endpoint
 
 
 def _stream_options(sock: socket.socket) -> None:

@@ -12,10 +12,12 @@ from typing import Literal
 
 __all__ = [
     "ApiEndpoint",
+    "Endpoint",
     "ForwardSpec",
     "check_remote",
     "make_forward",
     "parse_api_endpoint",
+    "parse_endpoint",
     "parse_forward",
     "parse_host_port",
 ]
@@ -29,8 +31,9 @@ Protocol = Literal["tcp", "udp"]
 
 
 @dataclasses.dataclass(frozen=True)
-class ApiEndpoint:
-    """Where the control API listens: a unix socket path, or a TCP host and port."""
+class Endpoint:
+    """A stream endpoint: a unix socket path, or a TCP host and port (the control API's
+    ``--api``, and QEMU's ``--qemu`` / ``--qemu-connect``)."""
 
     kind: Literal["unix", "tcp"]
     path: str = ""
@@ -67,17 +70,27 @@ def parse_host_port(text: str, what: str, *, allow_name: bool = False) -> tuple[
     return host, int(port_text)
 
 
-def parse_api_endpoint(text: str) -> ApiEndpoint:
-    """``unix:PATH`` or ``tcp:HOST:PORT``."""
+ApiEndpoint = Endpoint
+
+
+def parse_endpoint(text: str, what: str = "address", *, allow_name: bool = False) -> Endpoint:
+    """``unix:PATH`` or ``tcp:HOST:PORT`` (``tcp:[V6]:PORT``); ValueError says what is wrong."""
     kind, sep, rest = text.strip().partition(":")
     if sep and kind == "unix":
         if not rest or "\0" in rest or len(rest.encode()) > 107:
             raise ValueError(f"{text!r}: not a usable unix socket path (1-107 bytes)")
-        return ApiEndpoint("unix", path=rest)
+        return Endpoint("unix", path=rest)
     if sep and kind == "tcp":
-        host, port = parse_host_port(rest, "API address")
-        return ApiEndpoint("tcp", host=host, port=port)
-    raise ValueError(f"{text!r} is not unix:PATH or tcp:HOST:PORT")
+        host, port = parse_host_port(rest, what, allow_name=allow_name)
+        return Endpoint("tcp", host=host, port=port)
+    raise ValueError(
+        f"{text!r} is not unix:PATH or tcp:HOST:PORT (e.g. unix:/run/wsnic/x.sock, "
+        "tcp:127.0.0.1:9000)"
+    )
+
+
+def parse_api_endpoint(text: str) -> Endpoint:
+    return parse_endpoint(text, "API address")
 
 
 @dataclasses.dataclass(frozen=True)
