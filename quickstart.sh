@@ -31,7 +31,11 @@ fi
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+# Reinstall only when the dependencies changed (pyproject.toml newer than the stamp).
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    touch .venv/.installed
+fi
 
 cmd="${1:-serve}"
 [ $# -gt 0 ] && shift
