@@ -15,6 +15,7 @@ import dataclasses
 import errno
 import ipaddress
 import os
+import socket
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -144,12 +145,14 @@ def create_tap_on_bridge(
     """
     fd, name = open_tap_fd(pattern)
     try:
+        # if_nametoindex is one ioctl; pyroute2's link_lookup is a netlink round trip.
+        index = socket.if_nametoindex(name)
+        try:
+            master = socket.if_nametoindex(bridge)
+        except OSError:
+            raise SetupError(f"bridge {bridge} is gone") from None
         with IPRoute() as ipr:
-            index = ipr.link_lookup(ifname=name)[0]
-            master = ipr.link_lookup(ifname=bridge)
-            if not master:
-                raise SetupError(f"bridge {bridge} is gone")
-            settings: dict[str, object] = {"mtu": mtu, "ifalias": alias, "master": master[0]}
+            settings: dict[str, object] = {"mtu": mtu, "ifalias": alias, "master": master}
             if mac is not None:
                 settings["address"] = mac
             if txqlen is not None:
