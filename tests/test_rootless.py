@@ -21,6 +21,7 @@ import trio
 
 from wsnic_trio._procs import describe_process
 
+from .apihelp import api, require_curl, start_echo
 from .conftest import require
 from .lanhost import LanClient, require_tools, wsnic
 from .netns import NetNS, NsFactory, NsProcess
@@ -34,6 +35,7 @@ from .rootlesshost import (
     temp_dir,
     throwaway_user,
 )
+from .test_forward import tcp_roundtrip, udp_roundtrip
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +77,7 @@ async def _client(
     return LanClient(ns, proc, tmp)
 
 
-async def _http_server(ns: NetNS, root: Path) -> NsProcess:
+async def _http_server(ns: NetNS, root: Path, bind: str = "127.0.0.1") -> NsProcess:
     (root / "hello.txt").write_text(PAGE)
     proc = await ns.start(
         [
@@ -83,7 +85,7 @@ async def _http_server(ns: NetNS, root: Path) -> NsProcess:
             "-m",
             "http.server",
             "--bind",
-            "127.0.0.1",
+            bind,
             "--directory",
             str(root),
             str(HTTP_PORT),
@@ -94,11 +96,11 @@ async def _http_server(ns: NetNS, root: Path) -> NsProcess:
     return proc
 
 
-async def _fetch(client: LanClient) -> tuple[int, str]:
+async def _fetch(
+    client: LanClient, url: str = f"http://10.0.2.2:{HTTP_PORT}/hello.txt"
+) -> tuple[int, str]:
     # Python's client, not busybox wget: its exit code tells "refused" from a crash.
-    result = await client.ns.exec(
-        sys.executable, "-c", _FETCH, f"http://10.0.2.2:{HTTP_PORT}/hello.txt"
-    )
+    result = await client.ns.exec(sys.executable, "-c", _FETCH, url)
     return result.returncode, (result.stdout + result.stderr).decode(errors="replace")
 
 
@@ -235,6 +237,100 @@ async def test_two_users_side_by_side(world: NsFactory, runtime: Path) -> None:
             assert await server.stop(signal.SIGTERM) == 0, server.log.text()
             await _gone(user, inode, server_ns, port)
             assert "Traceback" not in server.log.text()
+
+
+async def test_forwards_into_the_rootless_lan(world: NsFactory, runtime: Path) -> None:
+    """Port forwards of a rootless server reach a guest in the helper's namespace: the
+    helper makes each remote socket there and passes it over. A start-up TCP forward to
+    the guest by name (its lease) and a UDP forward added through the API (a unix
+    socket the user may create) carry data both ways from the server namespace's
+    loopback; a port where nothing listens is counted as a failed connection."""
+    require_curl()
+    server_ns = world.new("srv")
+    api_dir = runtime / "api"
+    api_dir.mkdir()
+    sock = str(api_dir / "api.sock")
+    with throwaway_user() as user:
+        os.chown(api_dir, user.uid, user.uid)
+        server = await start_rootless(
+            server_ns,
+            user,
+            runtime,
+            "--ws-address",
+            "0.0.0.0",
+            "--api",
+            f"unix:{sock}",
+            "--forward",
+            "127.0.0.1:2222=web:7000",
+            "--forward",
+            "127.0.0.1:2223=web:7009",
+        )
+        assert server.log.find(r"mode: rootless mode \(not root"), server.log.text()
+        guest = await _client(world, server_ns, runtime, 0, 8086)
+        lease = await guest.dhcp("web")
+        await start_echo(guest.ns, "guest-web")
+
+        # TCP by name, both ways, more than one socket buffer, half-close passed on.
+        payload = bytes(range(256)) * 1024
+        assert await tcp_roundtrip(server_ns, 2222, payload) == b"guest-web tcp " + payload
+
+        # UDP by address, through the API.
+        reply = await api(
+            sock,
+            "POST",
+            "/forwards",
+            {"local": "127.0.0.1:0", "remote": f"{lease['ip']}:7001", "protocol": "udp"},
+        )
+        assert reply.status == 201, reply
+        udp_port = int(reply.json()["local"].rpartition(":")[2])
+        assert await udp_roundtrip(server_ns, udp_port, b"ping 1") == b"guest-web udp ping 1"
+
+        # Nothing listens on the guest's port 7009: the client's connection just ends.
+        stream = await server_ns.connect_tcp("127.0.0.1", 2223)
+        async with stream:
+            with trio.fail_after(15):
+                assert await stream.receive_some(100) == b""
+        rows = {
+            row["local"]: row for row in (await api(sock, "GET", "/forwards")).json()["forwards"]
+        }
+        assert rows["127.0.0.1:2222"]["bytes_from_remote"] == len(payload) + 14
+        assert rows["127.0.0.1:2222"]["resolved"] == lease["ip"]
+        assert rows["127.0.0.1:2223"]["failed"] == 1, rows
+        assert rows["127.0.0.1:2223"]["last_error"] == "Connection refused", rows
+        assert await server.stop(signal.SIGTERM) == 0, server.log.text()
+        assert "Traceback" not in server.log.text()
+
+
+async def test_pasta_uplink(world: NsFactory, runtime: Path) -> None:
+    """--uplink pasta: pasta copies the server namespace's uplink (a veth with a default
+    route to a second namespace, standing in for the host's router) into the helper's
+    namespace; a guest fetches a page from a web server behind that router, through
+    pasta and the helper's NAT."""
+    require(shutil.which("pasta") is not None, "pasta (package passt) is not installed")
+    server_ns, router = world.new("srv"), world.new("rtr")
+    world.link(server_ns, "198.19.0.1/30", router, "198.19.0.2/30")
+    server_ns.ip("route", "add", "default", "via", "198.19.0.2")
+    await _http_server(router, runtime, bind="198.19.0.2")
+    with throwaway_user() as user:
+        server = await start_rootless(
+            server_ns,
+            user,
+            runtime,
+            "--ws-address",
+            "0.0.0.0",
+            "--enable-inet",
+            "--uplink",
+            "pasta",
+        )
+        assert server.log.find(r"uplink: pasta \(pid \d+\)"), server.log.text()
+        inode = os.stat(f"/proc/{helper_pid(server)}/ns/net").st_ino
+        client = await _client(world, server_ns, runtime, 0, 8086)
+        await client.dhcp()
+        code, text = await _fetch(client, f"http://198.19.0.2:{HTTP_PORT}/hello.txt")
+        assert (code, text) == (0, PAGE)
+        assert await server.stop(signal.SIGTERM) == 0, server.log.text()
+        await _gone(user, inode, server_ns, 8086)
+        assert "Traceback" not in server.log.text()
 
 
 async def test_config_unusable_in_rootless_mode(world: NsFactory, runtime: Path) -> None:

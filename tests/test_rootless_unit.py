@@ -3,14 +3,20 @@ uplink command lines and the mode choice (no root needed)."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
+import socket
 from pathlib import Path
 
 import pytest
+import trio
 
 from wsnic_trio import Config, ConfigError
 from wsnic_trio._cli import config_from_args
+from wsnic_trio._exceptions import WsnicError
 from wsnic_trio._nat import NatPlan, TableNote, build_ruleset
+from wsnic_trio._nshelper import connect
 from wsnic_trio._nsproto import (
     MAX_MESSAGE,
     HelperProtocolError,
@@ -18,6 +24,8 @@ from wsnic_trio._nsproto import (
     Request,
     config_from_wire,
     config_to_wire,
+    connect_args,
+    connect_request,
     decode_reply,
     decode_request,
     encode_reply,
@@ -25,6 +33,7 @@ from wsnic_trio._nsproto import (
 )
 from wsnic_trio._rootless import (
     SLIRP_HOST,
+    RootlessLan,
     choose_rootless,
     has_net_admin,
     pasta_argv,
@@ -38,6 +47,7 @@ from wsnic_trio._rootless import (
         Request("setup", {"config": {"bridge": "lan7"}}),
         Request("start", {"uplink": None}),
         Request("tap"),
+        Request("connect", {"protocol": "tcp", "host": "192.168.86.23", "port": 22}),
     ],
 )
 def test_request_round_trip(request_: Request) -> None:
@@ -74,6 +84,86 @@ def test_bad_requests_are_refused(data: bytes) -> None:
 def test_bad_replies_are_refused(data: bytes) -> None:
     with pytest.raises(HelperProtocolError):
         decode_reply(data)
+
+
+def test_connect_request_is_checked() -> None:
+    request = connect_request("udp", "fd00::5", 53)
+    assert connect_args(decode_request(encode_request(request))) == ("udp", "fd00::5", 53)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"protocol": "sctp", "host": "10.0.0.1", "port": 1},
+        {"protocol": "tcp", "host": "alpine", "port": 22},  # names are the server's job
+        {"protocol": "tcp", "host": 7, "port": 22},
+        {"protocol": "tcp", "host": "10.0.0.1", "port": 0},
+        {"protocol": "tcp", "host": "10.0.0.1", "port": 65536},
+        {"protocol": "tcp", "host": "10.0.0.1", "port": "22"},
+        {"protocol": "tcp", "host": "10.0.0.1", "port": True},
+        {"protocol": "tcp", "host": "10.0.0.1"},
+    ],
+)
+def test_bad_connect_args_are_refused(args: dict[str, object]) -> None:
+    with pytest.raises(HelperProtocolError):
+        connect_args(Request("connect", args))
+    with pytest.raises(HelperProtocolError):
+        connect(Request("connect", args))  # the helper's handler checks the same
+
+
+def test_helper_connect_failing_at_once_is_an_error_reply() -> None:
+    """A connect the kernel refuses at once (TCP to a multicast address) is an error
+    reply with no fd, not an exception that could end the helper."""
+    reply, fd = connect(connect_request("tcp", "224.0.0.1", 9))
+    assert fd is None
+    assert not reply.ok and "224.0.0.1:9" in reply.error, reply
+    assert os.strerror(errno.ENETUNREACH) in reply.error
+
+
+async def _fake_helper(sock: trio.socket.SocketType) -> None:
+    """The helper's request loop in miniature: ``connect`` by its real handler."""
+    while data := await sock.recv(MAX_MESSAGE + 1):
+        reply, fd = connect(decode_request(data))
+        if fd is None:
+            await sock.send(encode_reply(reply))
+        else:
+            await sock.sendmsg(
+                [encode_reply(reply)],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, "little"))],
+            )
+            os.close(fd)
+
+
+async def test_open_remote_through_a_helper() -> None:
+    """RootlessLan.open_remote gets the helper's socket over SCM_RIGHTS and finishes the
+    TCP connect itself: data flows; a refused port and a failed connect are errors."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    lan = RootlessLan(Config())
+    lan._sock = trio.socket.from_stdlib_socket(ours)
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    with listener, lan._sock, trio.socket.from_stdlib_socket(theirs) as helper_end:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_fake_helper, helper_end)
+            remote = await lan.open_remote("tcp", "127.0.0.1", port)
+            accepted, _ = await listener.accept()
+            listener.close()
+            with remote, accepted:
+                await remote.send(b"to the guest")
+                assert await accepted.recv(100) == b"to the guest"
+                await accepted.send(b"from the guest")
+                assert await remote.recv(100) == b"from the guest"
+            with pytest.raises(ConnectionRefusedError):
+                await lan.open_remote("tcp", "127.0.0.1", port)  # nobody listens any more
+            with pytest.raises(WsnicError, match=r"224\.0\.0\.1:9"):
+                await lan.open_remote("tcp", "224.0.0.1", 9)
+            udp = await lan.open_remote("udp", "127.0.0.1", 9)
+            with udp:
+                assert udp.type == socket.SOCK_DGRAM
+                assert udp.getpeername() == ("127.0.0.1", 9)
+            nursery.cancel_scope.cancel()
 
 
 def test_unknown_request_is_not_sent() -> None:
@@ -155,6 +245,7 @@ def test_pasta_argv() -> None:
     argv = pasta_argv("pasta", 4242, pid_file=Path("/run/x/pasta.pid"), host_loopback=False)
     assert argv[-1] == "4242"
     assert "--config-net" in argv and "--no-map-gw" in argv
+    assert "--dns=none" in argv  # the LAN's DNS is dnsmasq's; "--dns=" breaks older pasta
     assert "--no-map-gw" not in pasta_argv("pasta", 1, pid_file=Path("p"), host_loopback=True)
 
 

@@ -636,7 +636,9 @@ async def start_control(
             config.pcap,
             config.pcap_max_bytes,
         )
-    server.forwards = ForwardManager(config.subnet, server.leases, config.dhcp_domain_name)
+    server.forwards = ForwardManager(
+        config.subnet, server.leases, config.dhcp_domain_name, server.open_remote
+    )
     await nursery.start(server.forwards.run)
     for spec in config.forward:
         try:

@@ -5,6 +5,11 @@ runs, rootless included, and a forward to a *name* follows the guest when its le
 moves: the name is looked up in dnsmasq's leases each time a TCP connection or a UDP
 session starts.
 
+The remote side is opened by an ``OpenRemote`` function: by default a plain socket of
+the server's own network namespace (root mode, ``--user``); in rootless mode the LAN is
+in the helper's namespace, and ``RootlessLan.open_remote`` has the helper make the
+connected socket there and pass it over (the proxying itself stays in the server).
+
 Every forward is a task in the manager's nursery, with its own cancel scope, so
 removing one is cancelling that scope. Everything is bounded: connections per TCP
 forward, sessions per UDP forward (each with an idle timeout), and the datagrams queued
@@ -18,14 +23,21 @@ import errno
 import ipaddress
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from ._endpoints import ForwardSpec, check_remote
+from ._exceptions import WsnicError
 from ._leases import LeaseTable
 
-__all__ = ["ForwardError", "ForwardManager"]
+__all__ = ["ForwardError", "ForwardManager", "OpenRemote", "open_remote_here"]
+
+#: ``(protocol, host, port) -> connected socket``: how a forward opens its remote side.
+#: ``host`` is an IP address (names are resolved before); failures raise ``OSError``
+#: (or a ``WsnicError`` when the backend cannot do it at all); the caller bounds it.
+OpenRemote = Callable[[str, str, int], Awaitable[trio.socket.SocketType]]
 
 log = logging.getLogger("wsnic_trio.forward")
 
@@ -81,11 +93,28 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+async def open_remote_here(protocol: str, host: str, port: int) -> trio.socket.SocketType:
+    """The default :data:`OpenRemote`: a socket of the server's own network namespace."""
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    sock = trio.socket.socket(_family(host), kind)
+    try:
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class ForwardManager:
     def __init__(
-        self, subnet: ipaddress.IPv4Network, leases: LeaseTable | None, domain: str
+        self,
+        subnet: ipaddress.IPv4Network,
+        leases: LeaseTable | None,
+        domain: str,
+        open_remote: OpenRemote = open_remote_here,
     ) -> None:
         self.subnet = subnet
+        self.open_remote = open_remote
         self.leases = leases
         self.domain = domain
         self.forwards: dict[tuple[str, str], Forward] = {}
@@ -229,8 +258,9 @@ class ForwardManager:
                 try:
                     host = await self.resolve(fwd)
                     with trio.fail_after(CONNECT_TIMEOUT):
-                        remote = await trio.open_tcp_stream(host, fwd.spec.remote_port)
-                except (ForwardError, OSError, trio.TooSlowError) as exc:
+                        sock = await self.open_remote("tcp", host, fwd.spec.remote_port)
+                    remote = trio.SocketStream(sock)
+                except (ForwardError, WsnicError, OSError, trio.TooSlowError) as exc:
                     fwd.failed += 1
                     fwd.last_error = _text(exc)
                     log.info(
@@ -299,13 +329,14 @@ class ForwardManager:
                     fwd.failed += 1
                     fwd.last_error = str(exc)
                     return
-                with trio.socket.socket(_family(host), socket.SOCK_DGRAM) as remote:
-                    try:
-                        await remote.connect((host, fwd.spec.remote_port))
-                    except OSError as exc:
-                        fwd.failed += 1
-                        fwd.last_error = _text(exc)
-                        return
+                try:
+                    with trio.fail_after(CONNECT_TIMEOUT):
+                        remote = await self.open_remote("udp", host, fwd.spec.remote_port)
+                except (WsnicError, OSError, trio.TooSlowError) as exc:
+                    fwd.failed += 1
+                    fwd.last_error = _text(exc)
+                    return
+                with remote:
                     # The session's scope ends it after UDP_IDLE_TIMEOUT; traffic pushes
                     # the deadline on.
                     idle = trio.CancelScope(deadline=trio.current_time() + UDP_IDLE_TIMEOUT)

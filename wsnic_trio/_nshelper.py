@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import ipaddress
 import logging
 import os
@@ -52,6 +53,7 @@ from ._nsproto import (
     Reply,
     Request,
     config_from_wire,
+    connect_args,
     decode_request,
     encode_reply,
 )
@@ -132,6 +134,8 @@ class Helper:
             return Reply(False, error=f"{request.op} before setup"), None
         if request.op == "start":
             return self.start(self.config, request), None
+        if request.op == "connect":
+            return connect(request)
         return self.tap(self.config)
 
     def setup(self, request: Request) -> Reply:
@@ -347,6 +351,26 @@ class Helper:
         self.stop_dnsmasq()
         if self.rundir is not None:
             shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+def connect(request: Request) -> tuple[Reply, int | None]:
+    """A socket connected from this namespace (the remote side of a port forward).
+
+    Never blocks: a TCP socket is handed over while its connect is still in progress
+    (EINPROGRESS), and the server waits for it; UDP's connect() only sets the peer.
+    A connect that fails at once is an error reply; the socket is closed either way.
+    """
+    protocol, host, port = connect_args(request)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    sock = socket.socket(family, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+    try:
+        code = sock.connect_ex((host, port))
+        if code not in (0, errno.EINPROGRESS):
+            return Reply(False, error=f"connect to {host}:{port}: {os.strerror(code)}"), None
+        return Reply(True), sock.detach()
+    finally:
+        sock.close()  # a no-op after detach()
 
 
 def main(argv: list[str]) -> int:

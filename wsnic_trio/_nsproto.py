@@ -4,7 +4,10 @@ The server (in the host namespace) and the namespace helper (see ``_nshelper``) 
 over a unix seqpacket socketpair, so every message arrives whole or not at all and
 there is no framing to get wrong. The exchange is strictly request then reply, one at a
 time; a reply to ``tap`` carries the TAP's file descriptor as ``SCM_RIGHTS`` ancillary
-data, and the helper closes its own copy right after sending it.
+data, a reply to ``connect`` a socket's, and the helper closes its own copy right after
+sending it. A TCP ``connect`` socket comes back right after a nonblocking ``connect()``
+(EINPROGRESS): the server waits for it to be writable and reads ``SO_ERROR`` itself, so
+the single-threaded helper never waits for a remote host.
 
     server                                   helper
     setup {config}                  ->       unshare done already; bridge, sysctls
@@ -14,6 +17,8 @@ data, and the helper closes its own copy right after sending it.
                                     <-       ok {}
     tap                             ->       a TAP on the bridge
                                     <-       ok {name} + fd
+    connect {protocol, host, port}  ->       a socket connected from the namespace
+                                    <-       ok {} + fd   (a port forward's remote side)
     ...                                      EOF: stop dnsmasq, exit (the namespace goes)
 
 This module is sans-IO: it turns requests and replies into bytes and back, checks
@@ -24,6 +29,7 @@ them, and converts a :class:`~wsnic_trio.Config` to plain JSON values that
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -32,12 +38,15 @@ from ._config import OPTIONS, Config
 from ._exceptions import WsnicError
 
 __all__ = [
+    "FD_OPS",
     "MAX_MESSAGE",
     "HelperProtocolError",
     "Reply",
     "Request",
     "config_from_wire",
     "config_to_wire",
+    "connect_args",
+    "connect_request",
     "decode_reply",
     "decode_request",
     "encode_reply",
@@ -46,7 +55,10 @@ __all__ = [
 
 #: Largest message either side sends or accepts (a whole Config is a few KiB).
 MAX_MESSAGE = 64 * 1024
-OPS = ("setup", "start", "tap")
+OPS = ("setup", "start", "tap", "connect")
+#: Requests whose reply carries one file descriptor.
+FD_OPS = ("tap", "connect")
+PROTOCOLS = ("tcp", "udp")
 
 
 class HelperProtocolError(WsnicError):
@@ -123,6 +135,33 @@ def decode_reply(data: bytes) -> Reply:
             raise HelperProtocolError("an error reply needs an error text")
         return Reply(False, error=error)
     raise HelperProtocolError("a reply needs ok: true or false")
+
+
+# -- connect: the remote side of a port forward ------------------------------------------
+
+
+def connect_request(protocol: str, host: str, port: int) -> Request:
+    """A ``connect`` request, checked as the helper will check it."""
+    request = Request("connect", {"protocol": protocol, "host": host, "port": port})
+    connect_args(request)
+    return request
+
+
+def connect_args(request: Request) -> tuple[str, str, int]:
+    """(protocol, host, port) of a ``connect`` request; the host must be an IP address
+    (names are resolved by the server, from its leases) and the port 1-65535."""
+    protocol, host, port = (request.args.get(k) for k in ("protocol", "host", "port"))
+    if protocol not in PROTOCOLS:
+        raise HelperProtocolError(f"connect: protocol must be tcp or udp, not {protocol!r}")
+    if not isinstance(host, str):
+        raise HelperProtocolError("connect: host must be an IP address")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise HelperProtocolError(f"connect: host must be an IP address, not {host!r}") from None
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise HelperProtocolError(f"connect: port must be 1-65535, not {port!r}")
+    return str(protocol), str(address), port
 
 
 # -- the Config, as values Config.from_mapping reads back ---------------------------------

@@ -38,11 +38,13 @@ from ._config import Config
 from ._exceptions import ConfigError, SetupError
 from ._lan import Lan
 from ._nsproto import (
+    FD_OPS,
     MAX_MESSAGE,
     HelperProtocolError,
     Reply,
     Request,
     config_to_wire,
+    connect_request,
     decode_reply,
     encode_request,
 )
@@ -119,7 +121,7 @@ def pasta_argv(binary: str, pid: int, *, pid_file: Path, host_loopback: bool) ->
         "--quiet",
         f"--ns-ifname={PASTA_DEVICE}",
         f"--pid={pid_file}",
-        "--dns=",
+        "--dns=none",  # not "--dns=": older pasta (2023) refuses an empty address
     ]
     if not host_loopback:
         argv.append("--no-map-gw")
@@ -284,7 +286,7 @@ class HelperLan:
             reply = decode_reply(data)
             if not reply.ok:
                 raise SetupError(reply.error)
-            if len(fds) > 1 or (request.op != "tap" and fds):
+            if len(fds) > 1 or (request.op not in FD_OPS and fds):
                 raise HelperProtocolError(f"unexpected fds with the reply to {request.op}")
         except BaseException:
             for fd in fds:
@@ -315,6 +317,30 @@ class RootlessLan(HelperLan):
         super().__init__(config)
         self.rundir: Path | None = None
         self._uplink: _Uplink | None = None
+
+    async def open_remote(self, protocol: str, host: str, port: int) -> trio.socket.SocketType:
+        """A socket connected to ``host:port`` from inside the LAN's namespace: the
+        remote side of a port forward (see ``_forward``), made by the helper.
+
+        TCP: the helper hands the socket over while its connect is in progress; here we
+        wait until it is writable and read ``SO_ERROR`` (the caller bounds the wait).
+        Failures are ``OSError``; a helper that does not answer is a ``SetupError``.
+        """
+        _, fd = await self._exchange(connect_request(protocol, host, port))
+        if fd is None:
+            raise HelperProtocolError("the helper's connect reply carried no fd")
+        # No checkpoint before the socket owns the fd: a cancellation cannot leak it.
+        sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
+        try:
+            if protocol == "tcp":
+                await trio.lowlevel.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    raise OSError(code, os.strerror(code))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     async def _start(self) -> None:
         config = self.config

@@ -30,7 +30,7 @@ from ._config import Config
 from ._dnsmasq import lease_file_path, serve_dnsmasq
 from ._events import EventBus
 from ._exceptions import ConfigError, PeerClosed, PeerError, PeerProtocolError, SetupError
-from ._forward import ForwardManager
+from ._forward import ForwardManager, OpenRemote, open_remote_here
 from ._guard import FramePolicy, SourceGuard, refuse_mac
 from ._lan import BRIDGE_MAC, LanBackend
 from ._leases import LeaseTable
@@ -43,7 +43,7 @@ from ._privsep import (
     unreadable_files,
 )
 from ._relay import RelayStats, relay
-from ._rootless import HelperLan, open_backend
+from ._rootless import HelperLan, RootlessLan, open_backend
 from ._stats import Totals, mac_text
 
 __all__ = ["PeerInfo", "Server", "run_server", "serve_until_signal"]
@@ -113,6 +113,11 @@ class Server:
         #: Started by run_server when configured (packet capture, port forwards).
         self.pcap: PcapManager | None = None
         self.forwards: ForwardManager | None = None
+        #: How forwards open their remote side: in the LAN's namespace (rootless: the
+        #: helper makes the socket), else here.
+        self.open_remote: OpenRemote = (
+            lan.open_remote if isinstance(lan, RootlessLan) else open_remote_here
+        )
 
     def kick(self, peer_id: int, reason: str = "kicked by the API") -> bool:
         """Disconnect a peer (its TAP goes with it); False when there is no such peer."""
