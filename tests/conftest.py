@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import trio
 
 from .netns import NsFactory, netns_world
+from .vmclients import short_tmpdir
 
 
 def require(condition: bool, reason: str) -> None:
@@ -33,6 +34,14 @@ async def world(nursery: trio.Nursery) -> AsyncIterator[NsFactory]:
     require_integration()
     async with netns_world(nursery) as factory:
         yield factory
+
+
+@pytest.fixture
+def sockdir() -> Iterator[str]:
+    """A short temporary directory for unix sockets (pytest's tmp_path can exceed the
+    107-byte limit of a socket path)."""
+    with short_tmpdir() as path:
+        yield path
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

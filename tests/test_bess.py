@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from . import packets as pk
 from .netns import NsFactory
 from .vmclients import (
@@ -13,17 +9,10 @@ from .vmclients import (
     arp_bridge,
     exists,
     frame_to,
-    short_tmpdir,
     wait_fds,
     wait_taps,
     wsnic,
 )
-
-
-@pytest.fixture
-def sockdir() -> Iterator[str]:
-    with short_tmpdir() as path:
-        yield path
 
 
 async def test_two_uml_like_clients_reach_the_bridge_and_each_other(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import trio
 
 from . import packets as pk
@@ -14,18 +11,11 @@ from .vmclients import (
     arp_bridge,
     exists,
     frame_to,
-    short_tmpdir,
     taps,
     wait_fds,
     wait_taps,
     wsnic,
 )
-
-
-@pytest.fixture
-def sockdir() -> Iterator[str]:
-    with short_tmpdir() as path:
-        yield path
 
 
 async def test_vfkit_and_qemu_dgram_clients_share_one_socket(

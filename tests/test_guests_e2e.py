@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -37,7 +37,7 @@ from .guestlan import (
 from .guests.boot import GuestBuildError, GuestImages, build_guests, guest_cmdline
 from .lanhost import BUSYBOX, add_client
 from .netns import NsFactory
-from .vmclients import exists, short_tmpdir, taps
+from .vmclients import exists, taps
 
 POOL = (ipaddress.IPv4Address("192.168.86.2"), ipaddress.IPv4Address("192.168.86.254"))
 
@@ -71,12 +71,6 @@ async def lan(world: NsFactory, guests: Guests) -> AsyncIterator[GuestLan]:
         yield glan
     finally:
         await glan.close()
-
-
-@pytest.fixture
-def sockdir() -> Iterator[str]:
-    with short_tmpdir() as path:
-        yield path
 
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import math
 import os
 import socket
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,19 +24,12 @@ from .vmclients import (
     frame_to,
     length_prefix,
     read_text,
-    short_tmpdir,
     taps,
     wait_fds,
     wait_taps,
     write_text,
     wsnic,
 )
-
-
-@pytest.fixture
-def sockdir() -> Iterator[str]:
-    with short_tmpdir() as path:
-        yield path
 
 
 def test_vm_listener_options_repeat_and_parse(tmp_path: Path) -> None:
