@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 import trio
 
+from transports._listen import bind_all
 from transports._unixpath import UnixPath, bind_unix
 
 from ._admission import FailureLimiter, TokenStore
@@ -107,15 +108,7 @@ def _bind_one(endpoint: ApiEndpoint) -> ApiListener:
 
 def bind_api(endpoints: tuple[ApiEndpoint, ...]) -> list[ApiListener]:
     """Bind every API endpoint; on failure release those bound so far."""
-    made: list[ApiListener] = []
-    try:
-        for endpoint in endpoints:
-            made.append(_bind_one(endpoint))
-    except BaseException:
-        for listener in made:
-            listener.close()
-        raise
-    return made
+    return bind_all(_bind_one, endpoints)
 
 
 # -- requests and answers ----------------------------------------------------------------
