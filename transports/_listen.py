@@ -15,7 +15,11 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-__all__ = ["accept_forever", "bind_all"]
+from wsnic_trio._exceptions import PeerError
+
+from .base import PeerHandler, PeerLink
+
+__all__ = ["accept_forever", "bind_all", "serve_link"]
 
 log = logging.getLogger("wsnic_trio.listen")
 
@@ -70,3 +74,18 @@ async def accept_forever(
     finally:
         trio.lowlevel.notify_closing(sock)
         close()
+
+
+async def serve_link(handler: PeerHandler, link: PeerLink) -> None:
+    """Hand one peer to the core and always close its link afterwards.
+
+    The core handles the peer's own errors; what can still arrive here (a reset while
+    the link closes, say) ends this peer alone and is only worth a debug line.
+    """
+    try:
+        await handler(link)
+    except* (OSError, PeerError) as group:
+        for exc in group.exceptions:
+            log.debug("%s: connection ended: %r", link.remote, exc)
+    finally:
+        await link.aclose()

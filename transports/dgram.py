@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from wsnic_trio._exceptions import PeerClosed, PeerError, SetupError
+from wsnic_trio._exceptions import PeerClosed, SetupError
 
-from ._listen import bind_all
+from ._listen import bind_all, serve_link
 from ._packetio import PacketLink
 from ._unixpath import UnixPath, bind_unix
 from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler
@@ -237,13 +237,7 @@ class DgramTransport:
         nursery.start_soon(self._peer, link, handler)
 
     async def _peer(self, link: DgramLink, handler: PeerHandler) -> None:
-        try:
-            await handler(link)
-        except* (OSError, PeerError) as group:
-            for exc in group.exceptions:
-                log.debug("%s: peer ended: %r", link.remote, exc)
-        finally:
-            await link.aclose()
+        await serve_link(handler, link)
 
 
 async def dial_dgram(

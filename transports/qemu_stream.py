@@ -28,9 +28,9 @@ import trio
 
 from wsnic_trio._endpoints import Endpoint
 from wsnic_trio._endpoints import parse_endpoint as _parse_endpoint
-from wsnic_trio._exceptions import PeerClosed, PeerError, PeerProtocolError, PeerTimeout
+from wsnic_trio._exceptions import PeerClosed, PeerProtocolError, PeerTimeout
 
-from ._listen import accept_forever, bind_all
+from ._listen import accept_forever, bind_all, serve_link
 from ._sockio import SocketIO
 from ._unixpath import UnixPath, bind_unix
 from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler
@@ -196,13 +196,7 @@ async def run_stream_peer(
     _stream_options(conn)
     io = SocketIO(conn, send_stall_timeout=config.ping_timeout)
     link = StreamLink(io, StreamProtocol(config.max_frame), remote, config.partial_frame_timeout)
-    try:
-        await handler(link)
-    except* (OSError, PeerError) as group:
-        for exc in group.exceptions:
-            log.debug("%s: connection ended: %r", remote, exc)
-    finally:
-        await link.aclose()
+    await serve_link(handler, link)
 
 
 async def _open_stream(endpoint: Endpoint) -> socket.socket:

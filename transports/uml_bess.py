@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from wsnic_trio._exceptions import PeerError, SetupError
+from wsnic_trio._exceptions import SetupError
 
-from ._listen import accept_forever, bind_all
+from ._listen import accept_forever, bind_all, serve_link
 from ._packetio import PacketLink
 from ._unixpath import bind_unix
 from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler
@@ -88,13 +88,7 @@ class BessTransport:
             max_frame=self.config.max_frame,
             send_stall_timeout=self.config.ping_timeout,
         )
-        try:
-            await handler(link)
-        except* (OSError, PeerError) as group:
-            for exc in group.exceptions:
-                log.debug("%s: connection ended: %r", link.remote, exc)
-        finally:
-            await link.aclose()
+        await serve_link(handler, link)
 
 
 async def dial_bess(
