@@ -207,6 +207,31 @@ class NetNS:
         return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
 
+def taps(ns: NetNS, *, ready: bool = True) -> list[str]:
+    """The server's client TAPs; with ``ready`` only those attached to the bridge and up.
+
+    A TAP exists a moment before the server has configured it (MTU, master, up) in
+    one netlink request; waiting for one must not count it then. Checks that no TAP
+    exists (one deleted, none made for a refused peer) pass ``ready=False``.
+    """
+    out = ns.ip("-o", "link", "show").stdout
+    names: list[str] = []
+    for line in out.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        flags = line.split("<", 1)[1].split(">", 1)[0].split(",") if "<" in line else []
+        if name.startswith("wstap") and (not ready or (" master " in line and "UP" in flags)):
+            names.append(name)
+    return names
+
+
+async def wait_taps(ns: NetNS, count: int, timeout: float = 10.0) -> list[str]:
+    """Wait until exactly ``count`` client TAPs exist and all are ready; their names."""
+    with trio.fail_after(timeout):
+        while len(taps(ns, ready=False)) != count or len(found := taps(ns)) != count:
+            await trio.sleep(0.02)
+    return found
+
+
 async def _pump(proc: trio.Process, log: LineLog) -> None:
     assert proc.stdout is not None
     buf = b""

@@ -182,7 +182,7 @@ async def test_guest_gets_a_lease_pings_the_gateway_and_fetches_over_http(
     if c.connection:
         # The guest is gone: its connection ended, so did its TAP.
         await lan.server_line(rf"client {peer} disconnected")
-        await lan.wait_until(lambda: tap not in taps(lan.ns), 10, f"{tap} deleted")
+        await lan.wait_until(lambda: tap not in taps(lan.ns, ready=False), 10, f"{tap} deleted")
     lan.check(not server.log.find(r"Traceback"), "the server logged a traceback")
     lan.check(await server.stop() == 0, "the server did not exit with 0")
 

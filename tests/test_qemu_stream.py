@@ -236,7 +236,7 @@ async def test_outbound_mode_dials_and_redials_a_listening_qemu(
         qemu.close()  # "QEMU" drops the connection (a restart, say)
         await server.log.wait_for(rf"client {round_ + 1} disconnected")
     listener.close()
-    assert not taps(ns)
+    assert not taps(ns, ready=False)
     assert await server.stop() == 0
 
 

@@ -15,8 +15,7 @@ import trio_websocket
 import trustme
 
 from . import packets as pk
-from .netns import NetNS, NsFactory, NsProcess
-from .test_websocket_peers import wait_taps
+from .netns import NetNS, NsFactory, NsProcess, wait_taps
 from .wsclients import close_ws, receive_until, ws_client
 
 BRIDGE = "02:77:73:00:00:01"

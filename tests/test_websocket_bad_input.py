@@ -20,8 +20,7 @@ import trio_websocket
 import wsproto.events as ev
 
 from . import packets as pk
-from .netns import NetNS, NsFactory, NsProcess
-from .test_websocket_peers import wait_taps
+from .netns import NetNS, NsFactory, NsProcess, wait_taps
 from .wsclients import RawClient, close_code_of, receive_until, ws_client
 
 GOOD_MAC = pk.mac("02:00:00:00:00:99")

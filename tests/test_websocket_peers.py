@@ -5,21 +5,10 @@ from __future__ import annotations
 import trio
 
 from . import packets as pk
-from .netns import NetNS, NsFactory
+from .netns import NsFactory, wait_taps
 from .wsclients import receive_until, ws_client
 
 BRIDGE_MAC = "02:77:73:00:00:01"
-
-
-def taps(ns: NetNS) -> list[str]:
-    return [name for name in ns.links() if name.startswith("wstap")]
-
-
-async def wait_taps(ns: NetNS, count: int, timeout: float = 5.0) -> list[str]:
-    with trio.fail_after(timeout):
-        while len(found := taps(ns)) != count:
-            await trio.sleep(0.02)
-    return found
 
 
 async def test_arp_and_ping_of_the_bridge(world: NsFactory, nursery: trio.Nursery) -> None:

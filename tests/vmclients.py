@@ -21,7 +21,8 @@ import trio
 from transports.stream_protocol import StreamProtocol
 
 from . import packets as pk
-from .netns import NetNS
+from .netns import taps as taps
+from .netns import wait_taps as wait_taps
 
 BRIDGE_MAC = "02:77:73:00:00:01"
 Match = Callable[[bytes], object]
@@ -39,17 +40,6 @@ def short_tmpdir() -> Iterator[str]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def taps(ns: NetNS) -> list[str]:
-    return [name for name in ns.links() if name.startswith("wstap")]
-
-
-async def wait_taps(ns: NetNS, count: int, timeout: float = 10.0) -> list[str]:
-    with trio.fail_after(timeout):
-        while len(found := taps(ns)) != count:
-            await trio.sleep(0.02)
-    return found
 
 
 async def wait_fds(proc: object, count: int, timeout: float = 10.0) -> None:
