@@ -54,7 +54,12 @@ async def test_empty_and_oversize_messages_are_dropped_and_counted(
     # The peer stays: an empty message is not EOF, and bad frames are only dropped.
     await arp_bridge(client, me, "192.168.86.10")
     client.close()
-    await server.log.wait_for(r"client 1 disconnected \(end of stream\).*dropped 3 ")
+    # The hang-up is seen as EOF, or as EPIPE when the bridge was sending to the peer
+    # just then (IPv6 multicast of the new port, for instance): both end only this peer.
+    await server.log.wait_for(
+        r"client 1 disconnected \((end of stream|peer socket is gone \(Broken pipe\))\)"
+        r".*dropped 3 "
+    )
     line = server.log.find(r"client 1 disconnected.*")
     assert line is not None
     assert "oversize 1" in line.group(0) and "runt 2" in line.group(0)
