@@ -71,6 +71,36 @@ def icmp_echo(
     return ethernet(dst_mac, src_mac, ETH_IP, header + icmp)
 
 
+def udp(
+    src_mac: bytes,
+    dst_mac: bytes,
+    src_ip: str,
+    dst_ip: str,
+    sport: int,
+    dport: int,
+    payload: bytes = b"wsnic-trio-test",
+    *,
+    flags_fragment: int = 0x4000,
+) -> bytes:
+    """A UDP datagram in IPv4 in Ethernet (UDP checksum 0: "none", allowed in IPv4)."""
+    datagram = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(datagram),
+        0,
+        flags_fragment,
+        64,
+        17,
+        0,
+        ip4(src_ip),
+        ip4(dst_ip),
+    )
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    return ethernet(dst_mac, src_mac, ETH_IP, header + datagram)
+
+
 def parse_icmp_echo_reply(frame: bytes) -> tuple[str, int, int] | None:
     """(source IP, ident, seq) of an ICMP echo reply, or None."""
     if len(frame) < 42 or struct.unpack("!H", frame[12:14])[0] != ETH_IP:

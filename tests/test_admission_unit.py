@@ -106,7 +106,7 @@ def test_guard_refusal_propagates() -> None:
 def test_guard_lock_ip() -> None:
     leases = {ME: pk.ip4("192.168.86.50")}
     guard = SourceGuard(BRIDGE, leased_ip=leases.get)
-    dhcp = pk.icmp_echo(ME, pk.BROADCAST, "0.0.0.0", "255.255.255.255", 1, 1)
+    dhcp = pk.udp(ME, pk.BROADCAST, "0.0.0.0", "255.255.255.255", 68, 67)
     assert guard.problem(dhcp) is None
     assert guard.problem(pk.arp_request(ME, "192.168.86.50", "192.168.86.1")) is None
     assert guard.problem(pk.arp_request(ME, "192.168.86.51", "192.168.86.1")) == "spoofed-ip"
@@ -118,6 +118,53 @@ def test_guard_lock_ip() -> None:
     lying_arp = bytearray(pk.arp_request(ME, "192.168.86.50", "192.168.86.1"))
     lying_arp[22:28] = pk.mac("02:00:00:00:00:77")
     assert guard.problem(bytes(lying_arp)) == "spoofed-arp"
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem"),
+    [
+        (pk.udp(ME, pk.BROADCAST, "0.0.0.0", "255.255.255.255", 68, 67), None),
+        (pk.arp_request(ME, "0.0.0.0", "192.168.86.50"), None),  # RFC 5227 probe
+        # Issue 11, defect 7: before a lease nothing but DHCP and ARP probes may leave
+        # 0.0.0.0 (an ICMP flood or a UDP scan from "nowhere" is spoofing too).
+        (pk.icmp_echo(ME, pk.BROADCAST, "0.0.0.0", "255.255.255.255", 1, 1), "spoofed-ip"),
+        (pk.icmp_echo(ME, BRIDGE, "0.0.0.0", "192.168.86.1", 1, 1), "spoofed-ip"),
+        (pk.udp(ME, BRIDGE, "0.0.0.0", "192.168.86.1", 68, 53), "spoofed-ip"),
+        (pk.udp(ME, BRIDGE, "0.0.0.0", "192.168.86.1", 67, 68), "spoofed-ip"),
+        (pk.udp(ME, BRIDGE, "0.0.0.0", "192.168.86.1", 5000, 67), "spoofed-ip"),
+        # A later fragment carries no ports: it must not pass as "DHCP".
+        (
+            pk.udp(ME, pk.BROADCAST, "0.0.0.0", "255.255.255.255", 68, 67, flags_fragment=0x0010),
+            "spoofed-ip",
+        ),
+        # ARP replies from 0.0.0.0 announce nothing real.
+        (
+            pk.arp_request(ME, "0.0.0.0", "192.168.86.50")[:20]
+            + b"\0\x02"
+            + pk.arp_request(ME, "0.0.0.0", "192.168.86.50")[22:],
+            "spoofed-ip",
+        ),
+    ],
+    ids=[
+        "dhcp",
+        "arp-probe",
+        "icmp-broadcast",
+        "icmp-gateway",
+        "udp-to-dns",
+        "udp-server-port",
+        "udp-other-port",
+        "fragment",
+        "arp-reply",
+    ],
+)
+@pytest.mark.parametrize("leased", [None, "192.168.86.50"])
+def test_only_dhcp_and_arp_probes_leave_0_0_0_0(
+    frame: bytes, problem: str | None, leased: str | None
+) -> None:
+    """(issue 11)"""
+    lease = pk.ip4(leased) if leased else None
+    guard = SourceGuard(BRIDGE, leased_ip=lambda mac: lease)
+    assert guard.problem(frame) == problem
 
 
 def test_unleased_mac_may_only_do_dhcp() -> None:

@@ -22,7 +22,7 @@ import trio
 
 from wsnic_trio._exceptions import PeerClosed, PeerTimeout
 
-from .base import Liveness
+from .base import Liveness, Rejection
 
 __all__ = ["PacketLink"]
 
@@ -55,6 +55,7 @@ class PacketLink:
         self.sock = sock
         self.transport = transport
         self.remote = remote
+        self.remote_ip: str | None = None  # unix sockets only
         self.liveness = liveness
         self.last_received = trio.current_time()
         self.drops: collections.Counter[str] = collections.Counter()
@@ -63,6 +64,13 @@ class PacketLink:
         self._seqpacket = sock.type == socket.SOCK_SEQPACKET
         self._on_close = on_close
         self._closed = False
+
+    async def accept(self) -> None:
+        """The socket was connected when accepted; what the peer sent meanwhile is queued."""
+
+    async def refuse(self, rejection: Rejection) -> None:
+        """Packet sockets cannot say why: hang up (the core logs the reason)."""
+        await self.aclose()
 
     async def receive_frames(self) -> list[bytes]:
         while True:

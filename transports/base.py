@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import ipaddress
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
@@ -26,6 +27,8 @@ __all__ = [
     "PeerLink",
     "Rejection",
     "Transport",
+    "normalize_ip",
+    "peer_address",
 ]
 
 ETH_HEADER = 14
@@ -60,17 +63,65 @@ class Liveness:
     timeout: float | None = None
 
 
+def normalize_ip(host: str) -> str:
+    """One spelling per address: IPv4-mapped IPv6 (``::ffff:1.2.3.4``, as a dual-stack
+    listener reports IPv4 clients) becomes ``1.2.3.4``; IPv6 is compressed; a scope id
+    stays. Limits, logs and the API all key clients by this form."""
+    addr, pct, scope = host.partition("%")
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip) + pct + scope
+
+
+def peer_address(addr: object) -> tuple[str, str | None]:
+    """``(remote, remote_ip)`` of a socket peer address: ``1.2.3.4:5678`` or
+    ``[2001:db8::1]:5678`` and the bare normalized IP; for anything that is not an
+    (host, port, ...) tuple (unix sockets), ``(str(addr), None)``."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        ip = normalize_ip(str(addr[0]))
+        host = f"[{ip}]" if ":" in ip else ip
+        return f"{host}:{addr[1]}", ip
+    return str(addr), None
+
+
 @runtime_checkable
 class PeerLink(Protocol):
-    """One connected peer, as the core sees it."""
+    """One connected peer, as the core sees it.
+
+    A link reaches the core *before* the peer is told it has joined: the core first
+    makes the peer's TAP and attaches it to the bridge, and only then calls
+    :meth:`accept` (a WebSocket peer gets its ``101`` at that moment), or
+    :meth:`refuse` when the peer cannot join. So "connected" always means "on the LAN".
+    """
 
     transport: str
+    #: For logs and the API: ``ip:port``, ``[v6]:port`` or a unix socket path.
     remote: str
+    #: The peer's normalized IP address (:func:`normalize_ip`); None for unix sockets.
+    remote_ip: str | None
     liveness: Liveness
     #: ``trio.current_time()`` of the last bytes received from the peer.
     last_received: float
     #: Frames or messages the link itself dropped, by reason (runt, oversize, ...).
     drops: collections.Counter[str]
+
+    async def accept(self) -> None:
+        """The peer's TAP forwards: complete the admission (WebSocket: send the ``101``).
+
+        Transports whose connection is complete before the core sees it (stream and
+        packet sockets, datagram peers) have nothing to send; frames such a peer sent
+        meanwhile wait in its socket and are relayed from now on.
+        """
+        ...
+
+    async def refuse(self, rejection: Rejection) -> None:
+        """Turn the peer away before it joined, in its protocol's words (WebSocket: an
+        HTTP status with the reason as the body; others: a close). Never raises."""
+        ...
 
     async def receive_frames(self) -> list[bytes]:
         """Wait for and return every complete frame available (never an empty list).

@@ -45,7 +45,7 @@ from wsnic_trio._exceptions import PeerClosed, SetupError
 from ._listen import bind_all, serve_link
 from ._packetio import PacketLink
 from ._unixpath import UnixPath, bind_unix
-from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler
+from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler, Rejection
 
 if TYPE_CHECKING:
     from wsnic_trio._config import Config
@@ -58,6 +58,8 @@ VFKIT_HANDSHAKE = b"VFKT"
 QUEUE_FRAMES = 256
 BATCH = 64
 _BUSY_GIVE_UP = 0.25
+#: Seconds a refused datagram peer's datagrams are dropped before it may try again.
+REFUSED_HOLD = 1.0
 _GONE = {errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN}
 
 Address = str | bytes
@@ -78,6 +80,7 @@ class DgramLink:
         self.owner = owner
         self.addr = addr
         self.remote = _name(addr)
+        self.remote_ip: str | None = None  # unix sockets only
         self.liveness = liveness
         self.last_received = trio.current_time()
         self.drops: collections.Counter[str] = collections.Counter()
@@ -95,6 +98,16 @@ class DgramLink:
             return
         self._queue.append(frame)
         self._wakeup.set()
+
+    async def accept(self) -> None:
+        """Datagrams that came while the TAP was made wait in this peer's queue."""
+
+    async def refuse(self, rejection: Rejection) -> None:
+        """No connection to close: forget the peer; its datagrams are dropped for a
+        moment, then the next one tries again (so a refused VM cannot make the server
+        attempt a TAP per datagram)."""
+        self.owner.refused_until[self.addr] = trio.current_time() + REFUSED_HOLD
+        await self.aclose()
 
     async def receive_frames(self) -> list[bytes]:
         while not self._queue:
@@ -158,6 +171,8 @@ class DgramTransport:
         #: Datagrams dropped before reaching any peer, by reason.
         self.drops: collections.Counter[str] = collections.Counter()
         self._liveness = Liveness(timeout=config.dgram_idle_timeout)
+        #: Addresses the core refused recently, and until when their datagrams drop.
+        self.refused_until: dict[Address, float] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> list[DgramTransport]:
@@ -215,6 +230,14 @@ class DgramTransport:
         if link is not None:
             link.feed(data)
             return
+        if self.refused_until:
+            now = trio.current_time()
+            until = self.refused_until.get(addr)
+            if until is not None and now < until:
+                self.drops["refused"] += 1
+                return
+            for gone in [a for a, t in self.refused_until.items() if t <= now]:
+                del self.refused_until[gone]
         if data != VFKIT_HANDSHAKE:
             problem = self.check.problem(data)
             if problem is not None:

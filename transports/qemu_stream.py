@@ -33,7 +33,15 @@ from wsnic_trio._exceptions import PeerClosed, PeerProtocolError, PeerTimeout
 from ._listen import accept_forever, bind_all, serve_link
 from ._sockio import SocketIO
 from ._unixpath import UnixPath, bind_unix
-from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler
+from .base import (
+    AdmissionRequest,
+    FrameCheck,
+    Liveness,
+    PeerHandler,
+    Rejection,
+    normalize_ip,
+    peer_address,
+)
 from .stream_protocol import StreamFramingError, StreamProtocol
 
 if TYPE_CHECKING:
@@ -78,15 +86,28 @@ class StreamLink:
     transport = "qemu"
 
     def __init__(
-        self, io: SocketIO, proto: StreamProtocol, remote: str, partial_frame_timeout: float
+        self,
+        io: SocketIO,
+        proto: StreamProtocol,
+        remote: str,
+        partial_frame_timeout: float,
+        remote_ip: str | None = None,
     ) -> None:
         self.io = io
         self.proto = proto
         self.remote = remote
+        self.remote_ip = remote_ip
         self.liveness = Liveness()
         self.last_received = trio.current_time()
         self.drops: collections.Counter[str] = collections.Counter()
         self.partial_frame_timeout = partial_frame_timeout
+
+    async def accept(self) -> None:
+        """The stream was complete when accepted; what QEMU sent meanwhile is queued."""
+
+    async def refuse(self, rejection: Rejection) -> None:
+        """The stream format cannot say why: hang up (the core logs the reason)."""
+        self.io.close()
 
     async def receive_frames(self) -> list[bytes]:
         proto = self.proto
@@ -122,11 +143,10 @@ class StreamLink:
         self.io.close()
 
 
-def _peer_name(addr: object, endpoint: Endpoint) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host = f"[{addr[0]}]" if ":" in str(addr[0]) else str(addr[0])
-        return f"{host}:{addr[1]}"
-    return str(endpoint)  # unix clients are usually unnamed: name the socket they used
+def _peer_name(addr: object, endpoint: Endpoint) -> tuple[str, str | None]:
+    if isinstance(addr, tuple):
+        return peer_address(addr)
+    return str(endpoint), None  # unix clients are usually unnamed: name the socket they used
 
 
 class QemuStreamTransport:
@@ -172,8 +192,7 @@ class QemuStreamTransport:
         self, handler: PeerHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         async def on_connection(conn: socket.socket, addr: Any) -> None:
-            remote = _peer_name(addr, self.endpoint)
-            remote_ip = addr[0] if isinstance(addr, tuple) else None
+            remote, remote_ip = _peer_name(addr, self.endpoint)
             await run_stream_peer(conn, remote, remote_ip, self.config, handler)
 
         await accept_forever(self.sock, on_connection, self.close, task_status=task_status)
@@ -195,7 +214,9 @@ async def run_stream_peer(
         return
     _stream_options(conn)
     io = SocketIO(conn, send_stall_timeout=config.ping_timeout)
-    link = StreamLink(io, StreamProtocol(config.max_frame), remote, config.partial_frame_timeout)
+    link = StreamLink(
+        io, StreamProtocol(config.max_frame), remote, config.partial_frame_timeout, remote_ip
+    )
     await serve_link(handler, link)
 
 
@@ -264,7 +285,7 @@ class QemuConnectTransport:
             failing = False
             delay = _REDIAL_MIN
             log.info("%s: connected", self.endpoint)
-            remote_ip = self.endpoint.host if self.endpoint.kind == "tcp" else None
+            remote_ip = normalize_ip(self.endpoint.host) if self.endpoint.kind == "tcp" else None
             await run_stream_peer(conn, str(self.endpoint), remote_ip, self.config, handler)
             await trio.sleep(_REDIAL_MIN)
 

@@ -30,7 +30,7 @@ from wsnic_trio._exceptions import (
 from ._listen import accept_forever
 from ._sockio import SocketIO, is_disconnect
 from ._tlsio import TlsContext, TlsSocketIO
-from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler
+from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler, Rejection, peer_address
 from .websocket_protocol import PLAIN_PAGE, TLS_PAGE, HandshakeRequest, Phase, WebSocketProtocol
 
 if TYPE_CHECKING:
@@ -55,15 +55,40 @@ class WebSocketLink:
         liveness: Liveness,
         *,
         transport: str = "ws",
+        remote_ip: str | None = None,
+        subprotocol: str | None = None,
     ) -> None:
         self.transport = transport
         self.io = io
         self.proto = proto
         self.remote = remote
+        self.remote_ip = remote_ip
         self.liveness = liveness
         self.last_received = trio.current_time()
         self.drops: collections.Counter[str] = proto.drops
         self._pending = True  # bytes that came with the handshake still to be parsed
+        self._subprotocol = subprotocol
+        self._refused = False
+
+    async def accept(self) -> None:
+        """Server side: answer the upgrade (``101``) now that the peer is on the LAN."""
+        if self.proto.phase is Phase.HANDSHAKE and self.proto.request is not None:
+            await self.io.send_all(self.proto.accept(self._subprotocol))
+            self.last_received = trio.current_time()
+
+    async def refuse(self, rejection: Rejection) -> None:
+        """Before the upgrade: an HTTP error with the reason; after it: a close frame."""
+        if self.proto.phase is not Phase.HANDSHAKE:
+            await self.aclose(PeerProtocolError(rejection.reason, rejection.close_code))
+            return
+        self._refused = True
+        body = f"wsnic-trio: {rejection.reason}\n".encode()
+        data = self.proto.reject(rejection.http_status, body)
+        with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+            with contextlib.suppress(OSError, PeerError):
+                await self.io.send_all(data)
+                await self.io.goodbye()
+        self.io.close()
 
     async def receive_frames(self) -> list[bytes]:
         proto = self.proto
@@ -100,6 +125,14 @@ class WebSocketLink:
 
         ``reason`` None means the server is stopping (1001, going away).
         """
+        if self._refused:
+            self.io.close()
+            return
+        if self.proto.phase is Phase.HANDSHAKE:
+            # Never upgraded (the server stops while the TAP was being made): no
+            # WebSocket to close, a plain HTTP answer says why.
+            await self.refuse(Rejection(503, "server is stopping", 1001))
+            return
         if isinstance(reason, PeerProtocolError):
             code, text = reason.close_code, str(reason)
         elif isinstance(reason, PeerTimeout):
@@ -246,7 +279,7 @@ class WebSocketTransport:
         return SocketIO(conn, send_stall_timeout=stall)
 
     async def _connection(self, conn: socket.socket, addr: object, handler: PeerHandler) -> None:
-        remote = _peer_name(addr)
+        remote, ip = peer_address(addr)
         io = self._socket_io(conn)
         proto = WebSocketProtocol(
             client=False, check=self.check, plain_page=TLS_PAGE if self.tls else PLAIN_PAGE
@@ -260,7 +293,7 @@ class WebSocketTransport:
                     except PeerClosed:
                         log.info("%s: TLS handshake failed: the client hung up", remote)
                         return
-                await self._handshake(io, proto, _peer_ip(addr), handler)
+                subprotocol = await self._handshake(io, proto, remote, ip, handler)
             if scope.cancelled_caught:
                 log.info(
                     "%s: no complete WebSocket handshake within %g s; closed",
@@ -268,11 +301,20 @@ class WebSocketTransport:
                     self.config.handshake_timeout,
                 )
                 return
-            if proto.phase is not Phase.OPEN:
+            if subprotocol is None:
                 closed = proto.closed
                 log.info("%s: %s", remote, closed.reason if closed else "closed during handshake")
                 return
-            link = WebSocketLink(io, proto, remote, self.liveness, transport=self.name)
+            # Admitted, not yet upgraded: the core makes the TAP, then calls accept().
+            link = WebSocketLink(
+                io,
+                proto,
+                remote,
+                self.liveness,
+                transport=self.name,
+                remote_ip=ip,
+                subprotocol=subprotocol or None,
+            )
             await handler(link)
         except* ssl.SSLError as group:
             log.info("%s: TLS handshake failed: %s", remote, _ssl_reason(group.exceptions[0]))
@@ -285,12 +327,24 @@ class WebSocketTransport:
             else:
                 with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
                     with contextlib.suppress(OSError, PeerError):
+                        await io.send_all(proto.data_to_send())
                         await io.goodbye()
                 io.close()
 
     async def _handshake(
-        self, io: SocketIO, proto: WebSocketProtocol, ip: str | None, handler: PeerHandler
-    ) -> None:
+        self,
+        io: SocketIO,
+        proto: WebSocketProtocol,
+        remote: str,
+        ip: str | None,
+        handler: PeerHandler,
+    ) -> str | None:
+        """Read the upgrade request and run the admission checks that need no TAP.
+
+        Returns the subprotocol to answer with ("" for none) once the request is
+        admitted, or None when the connection ended or was refused (the answer is sent).
+        The ``101`` itself is sent later, by :meth:`WebSocketLink.accept`.
+        """
         while proto.phase is Phase.HANDSHAKE:
             data = await io.recv_some(_HANDSHAKE_READ)
             proto.receive(data)
@@ -299,17 +353,14 @@ class WebSocketTransport:
                 admission = AdmissionRequest(self.name, ip, token_candidates(request))
                 rejection = handler.admit(admission)
                 if rejection is None:
-                    await io.send_all(proto.accept(choose_subprotocol(request.subprotocols)))
-                else:
-                    log.info(
-                        "%s: refused (HTTP %d): %s",
-                        _peer_name_ip(ip),
-                        rejection.http_status,
-                        rejection.reason,
-                    )
-                    body = f"wsnic-trio: {rejection.reason}\n".encode()
-                    await io.send_all(proto.reject(rejection.http_status, body))
+                    return choose_subprotocol(request.subprotocols) or ""
+                log.info(
+                    "%s: refused (HTTP %d): %s", remote, rejection.http_status, rejection.reason
+                )
+                body = f"wsnic-trio: {rejection.reason}\n".encode()
+                await io.send_all(proto.reject(rejection.http_status, body))
             await io.send_all(proto.data_to_send())
+        return None
 
 
 def tls_from_config(config: Config) -> TlsContext | None:
@@ -332,16 +383,6 @@ def tls_from_config(config: Config) -> TlsContext | None:
 
 def _ssl_reason(exc: BaseException) -> str:
     return getattr(exc, "reason", None) or str(exc)
-
-
-def _peer_ip(addr: object) -> str | None:
-    if isinstance(addr, tuple) and addr:
-        return str(addr[0]).removeprefix("::ffff:")
-    return None
-
-
-def _peer_name_ip(ip: str | None) -> str:
-    return ip or "?"
 
 
 async def dial_websocket(

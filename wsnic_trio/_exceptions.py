@@ -3,7 +3,9 @@
 WsnicError
 ├── ConfigError        the user's settings are unusable: one line on stderr, exit code 2
 ├── SetupError         the host refused to give us something (a device name is taken,
-│                      a port is in use, /dev/net/tun is missing): exit code 2, host restored
+│   │                  a port is in use, /dev/net/tun is missing): exit code 2, host restored
+│   └── TapUnavailable no TAP for one more peer (the bridge is full, out of fds or
+│                      memory): that peer is refused with the reason, the server goes on
 └── PeerError          one peer misbehaved or went away: that peer alone is closed
     ├── PeerClosed     orderly end (EOF, WebSocket close)
     ├── PeerTimeout    no sign of life within the configured time
@@ -20,6 +22,7 @@ __all__ = [
     "PeerProtocolError",
     "PeerTimeout",
     "SetupError",
+    "TapUnavailable",
     "WsnicError",
 ]
 
@@ -34,6 +37,13 @@ class ConfigError(WsnicError):
 
 class SetupError(WsnicError):
     """The host could not give us a resource we need to run."""
+
+
+class TapUnavailable(SetupError):
+    """A peer cannot have a TAP right now; raised per peer, never at start-up.
+
+    The message is the one line the refused peer (HTTP 503 body) and the log get.
+    """
 
 
 class PeerError(WsnicError):

@@ -19,6 +19,9 @@ __all__ = ["ByteBucket", "FramePolicy", "SourceGuard"]
 _ETH_ARP = b"\x08\x06"
 _ETH_IPV4 = b"\x08\x00"
 _ZERO_IP = b"\0\0\0\0"
+_ARP_REQUEST = b"\0\x01"
+_IPPROTO_UDP = 17
+_DHCP_PORTS = b"\0\x44\0\x43"  # source port 68 (client), destination 67 (server)
 
 
 class ByteBucket:
@@ -94,12 +97,26 @@ class SourceGuard:
             sender = frame[28:32]
         else:
             return "ethertype-not-allowed"
-        if sender == _ZERO_IP:  # DHCP discover/request, ARP probe
-            return None
+        if sender == _ZERO_IP:
+            return None if _may_come_from_nowhere(frame, kind) else "spoofed-ip"
         leased = self.leased_ip(src)
         if leased is None or sender != leased:
             return "spoofed-ip"
         return None
+
+
+def _may_come_from_nowhere(frame: bytes, kind: bytes) -> bool:
+    """What a client without an address needs: DHCP to the server (UDP 68 -> 67, a whole
+    datagram) and ARP probes (RFC 5227 requests with sender 0.0.0.0); nothing else."""
+    if kind == _ETH_ARP:
+        return frame[20:22] == _ARP_REQUEST
+    ihl = (frame[14] & 0x0F) * 4
+    if frame[23] != _IPPROTO_UDP or ihl < 20 or len(frame) < 14 + ihl + 8:
+        return False
+    if frame[20:22] not in (b"\0\0", b"\x40\0"):  # a fragment: ports are not all there
+        return False
+    ports = frame[14 + ihl : 14 + ihl + 4]
+    return ports == _DHCP_PORTS
 
 
 class FramePolicy:

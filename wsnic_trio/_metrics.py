@@ -72,6 +72,16 @@ class ServerCollector(Collector):
                 drops.add_metric([name, reason], count)
         yield from (connections, frames, octets, drops)
 
+        refused = CounterMetricFamily(
+            "wsnic_refused",
+            "Would-be clients turned away (auth, login-brake, limit, no-tap: no TAP could "
+            "be made, e.g. the bridge is full)",
+            labels=["transport", "reason"],
+        )
+        for (name, reason), count in sorted(server.refused.items()):
+            refused.add_metric([name, reason], count)
+        yield refused
+
         restarts = CounterMetricFamily(
             "wsnic_dnsmasq_restarts", "Times dnsmasq was started again after it ended"
         )

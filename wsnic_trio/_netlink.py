@@ -20,7 +20,7 @@ import socket
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ._exceptions import SetupError
+from ._exceptions import SetupError, TapUnavailable
 from ._tap import open_tap_fd
 
 __all__ = [
@@ -150,7 +150,7 @@ def create_tap_on_bridge(
         try:
             master = socket.if_nametoindex(bridge)
         except OSError:
-            raise SetupError(f"bridge {bridge} is gone") from None
+            raise TapUnavailable(f"bridge {bridge} is gone") from None
         with IPRoute() as ipr:
             settings: dict[str, object] = {"mtu": mtu, "ifalias": alias, "master": master}
             if mac is not None:
@@ -158,10 +158,32 @@ def create_tap_on_bridge(
             if txqlen is not None:
                 settings["txqlen"] = txqlen
             ipr.link("set", index=index, state="up", **settings)
+    except NetlinkError as exc:
+        os.close(fd)
+        raise _attach_failure(exc.code, bridge) from None
+    except OSError as exc:
+        os.close(fd)
+        raise _attach_failure(exc.errno or errno.EIO, bridge) from None
     except BaseException:
         os.close(fd)
         raise
     return fd, name
+
+
+def _attach_failure(code: int, bridge: str) -> TapUnavailable:
+    if code == errno.EXFULL:
+        try:
+            ports = len(os.listdir(f"/sys/class/net/{bridge}/brif"))
+        except OSError:
+            ports = 0
+        held = f"has {ports} ports, " if ports else "has "
+        return TapUnavailable(f"LAN full: bridge {bridge} {held}the most a Linux bridge holds")
+    if code in (errno.EMFILE, errno.ENFILE):
+        return TapUnavailable(
+            f"out of file descriptors ({os.strerror(code)}): raise the server's limit "
+            "(ulimit -n, or LimitNOFILE= in a systemd unit)"
+        )
+    return TapUnavailable(f"cannot attach a TAP to bridge {bridge}: {os.strerror(code)}")
 
 
 def create_tap(pattern: str, mtu: int, mac: str | None = None) -> tuple[int, str]:

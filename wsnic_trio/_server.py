@@ -9,6 +9,7 @@ task; whatever ends a peer ends that peer alone.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 
 import trio
+from pyroute2.netlink.exceptions import NetlinkError
 
 from transports import load_transports
 from transports.base import AdmissionRequest, FrameCheck, PeerLink, Rejection, Transport
@@ -29,7 +31,7 @@ from ._api import ApiListener, bind_api, load_api_tokens, start_control
 from ._config import Config
 from ._dnsmasq import lease_file_path, serve_dnsmasq
 from ._events import EventBus
-from ._exceptions import ConfigError, PeerClosed, PeerError, PeerProtocolError, SetupError
+from ._exceptions import ConfigError, PeerClosed, PeerError, SetupError
 from ._forward import ForwardManager, OpenRemote, open_remote_here
 from ._guard import FramePolicy, SourceGuard, refuse_mac
 from ._lan import BRIDGE_MAC, LanBackend
@@ -45,10 +47,14 @@ from ._privsep import (
 from ._relay import RelayStats, relay
 from ._rootless import HelperLan, RootlessLan, open_backend
 from ._stats import Totals, mac_text
+from ._tap import TapDevice
 
 __all__ = ["PeerInfo", "Server", "run_server", "serve_until_signal"]
 
 log = logging.getLogger("wsnic_trio.server")
+
+#: The ``reason`` label of ``wsnic_refused_total`` for each admission answer.
+_REFUSAL_KINDS = {401: "auth", 403: "auth", 429: "login-brake", 503: "limit"}
 
 
 @dataclasses.dataclass
@@ -58,6 +64,7 @@ class PeerInfo:
     id: int
     transport: str
     remote: str
+    remote_ip: str | None
     tap: str
     stats: RelayStats
     cancel_scope: trio.CancelScope
@@ -109,6 +116,8 @@ class Server:
         #: Per transport: connections since start, and the traffic of peers that left.
         self.totals: dict[str, Totals] = {}
         self.events = EventBus()
+        #: Would-be peers turned away after their handshake, by (transport, why).
+        self.refused: collections.Counter[tuple[str, str]] = collections.Counter()
         self.dnsmasq_restarts = 0
         #: Started by run_server when configured (packet capture, port forwards).
         self.pcap: PcapManager | None = None
@@ -138,7 +147,12 @@ class Server:
     # -- what transports call ---------------------------------------------------------
 
     def admit(self, request: AdmissionRequest) -> Rejection | None:
-        return self.admission.check(request)
+        rejection = self.admission.check(request)
+        if rejection is not None:
+            self.refused[
+                (request.transport, _REFUSAL_KINDS.get(rejection.http_status, "other"))
+            ] += 1
+        return rejection
 
     async def __call__(self, link: PeerLink) -> None:
         await self.handle_peer(link)
@@ -187,7 +201,7 @@ class Server:
         owner_id = self.mac_owners.get(mac)
         owner = self.peers.get(owner_id) if owner_id is not None else None
         if owner is not None and owner_id != peer_id:
-            if _remote_ip(owner.remote) != _remote_ip(link.remote):
+            if owner.remote_ip != link.remote_ip:
                 raise refuse_mac(mac, f"client {owner_id}")
             log.info(
                 "client %d takes over MAC %s from client %d (same address: a reconnect)",
@@ -201,12 +215,11 @@ class Server:
 
     async def handle_peer(self, link: PeerLink) -> None:
         """Serve one peer until it ends; never raises anything but Cancelled."""
-        ip = _remote_ip(link.remote)
+        ip = link.remote_ip
         # Limits again, now synchronously with joining (the handshake-time check can race).
         rejection = self.admission.check(AdmissionRequest(link.transport, ip), authenticate=False)
         if rejection is not None:
-            log.info("%s %s refused: %s", link.transport, link.remote, rejection.reason)
-            await link.aclose(PeerProtocolError(rejection.reason, rejection.close_code))
+            await self._refuse(link, rejection, "limit")
             return
         self.admission.join(ip)
         try:
@@ -214,15 +227,48 @@ class Server:
         finally:
             self.admission.leave(ip)
 
+    async def _refuse(self, link: PeerLink, rejection: Rejection, kind: str) -> None:
+        log.warning("%s %s refused: %s", link.transport, link.remote, rejection.reason)
+        self.refused[(link.transport, kind)] += 1
+        self.events.publish(
+            "client-refused", transport=link.transport, remote=link.remote, reason=rejection.reason
+        )
+        await link.refuse(rejection)
+
+    async def _open_tap_or_refuse(
+        self, stack: contextlib.AsyncExitStack, link: PeerLink
+    ) -> TapDevice | None:
+        """The peer's TAP, attached and forwarding; None when the peer was refused.
+
+        Not getting one (a full bridge, no fds, no memory) is this peer's bad luck, not
+        the server's failure: the peer hears why, the log gets one line.
+        """
+        try:
+            return await stack.enter_async_context(self.lan.open_tap())
+        except (SetupError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, SetupError) else _describe(exc)
+        except NetlinkError as exc:
+            reason = f"netlink: {os.strerror(exc.code)}"
+        except Exception:
+            log.exception("%s %s: making its TAP failed", link.transport, link.remote)
+            reason = "server error while making the TAP"
+        await self._refuse(link, Rejection(503, reason, 1013), "no-tap")
+        return None
+
     async def _serve_admitted(self, link: PeerLink) -> None:
         peer_id = next(self._ids)
         stats = RelayStats()
         reason: BaseException | None = None
         policy = self._policy(peer_id, link, stats)
         try:
-            async with self.lan.open_tap() as tap:
+            async with contextlib.AsyncExitStack() as stack:
+                tap = await self._open_tap_or_refuse(stack, link)
+                if tap is None:
+                    return
                 with trio.CancelScope() as scope:
-                    info = PeerInfo(peer_id, link.transport, link.remote, tap.name, stats, scope)
+                    info = PeerInfo(
+                        peer_id, link.transport, link.remote, link.remote_ip, tap.name, stats, scope
+                    )
                     info.link_drops = link.drops
                     self.peers[peer_id] = info
                     self.totals.setdefault(link.transport, Totals()).connections += 1
@@ -244,6 +290,8 @@ class Server:
                         tap=tap.name,
                     )
                     try:
+                        # Only now is the peer told it joined: its TAP forwards.
+                        await link.accept()
                         await relay(link, tap, policy, stats)
                     except* PeerClosed as group:
                         reason = group.exceptions[0]
@@ -306,14 +354,6 @@ class Server:
                     reason=_describe(reason),
                 )
             await link.aclose(reason)
-
-
-def _remote_ip(remote: str) -> str | None:
-    """The address part of ``host:port`` / ``[v6]:port``; None for unix-socket peers."""
-    if remote.startswith("["):
-        return remote[1:].partition("]")[0]
-    host, sep, port = remote.rpartition(":")
-    return host if sep and port.isdigit() and "/" not in host else None
 
 
 def _describe(reason: BaseException | None) -> str:

@@ -18,7 +18,7 @@ import struct
 
 import trio
 
-from ._exceptions import SetupError
+from ._exceptions import SetupError, TapUnavailable
 from ._fairness import Fairness
 
 __all__ = ["TapDevice", "open_tap_fd"]
@@ -38,7 +38,7 @@ def open_tap_fd(name: str) -> tuple[int, str]:
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise SetupError(
+        raise _exhausted(exc) or SetupError(
             f"cannot open /dev/net/tun: {exc.strerror} (is the tun module loaded?)"
         ) from None
     try:
@@ -48,9 +48,21 @@ def open_tap_fd(name: str) -> tuple[int, str]:
         os.close(fd)
         if exc.errno == errno.EPERM:
             raise SetupError("creating a TAP device needs CAP_NET_ADMIN (run as root)") from None
-        raise SetupError(f"cannot create TAP {name}: {exc.strerror}") from None
+        raise _exhausted(exc) or SetupError(f"cannot create TAP {name}: {exc.strerror}") from None
     real = result[:16].split(b"\0", 1)[0].decode()
     return fd, real
+
+
+def _exhausted(exc: OSError) -> TapUnavailable | None:
+    """The errors that mean "not one more TAP now" rather than "no TAPs at all"."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return TapUnavailable(
+            f"out of file descriptors ({exc.strerror}): raise the server's limit "
+            "(ulimit -n, or LimitNOFILE= in a systemd unit)"
+        )
+    if exc.errno in (errno.ENOMEM, errno.ENOBUFS):
+        return TapUnavailable(f"the kernel is out of memory for a new TAP ({exc.strerror})")
+    return None
 
 
 class TapDevice:
