@@ -64,7 +64,7 @@ async def test_websocket_handshake_means_on_the_lan(
         tag = b"right after the handshake %d" % attempt
         await alice.send_message(pk.probe_frame(pk.BROADCAST, A, tag))
         try:
-            await receive_until(bob, lambda f, tag=tag: tag in f, timeout=2)  # type: ignore[misc]
+            await receive_until(bob, lambda f, tag=tag: tag in f, timeout=2)
         except trio.TooSlowError:
             missed.append(attempt)
         await close_ws(bob)
@@ -89,7 +89,7 @@ async def test_stream_peer_loses_nothing_while_joining(
             peer.connect(path)
             frame = pk.probe_frame(pk.BROADCAST, B, tag)
             peer.sendall(struct.pack("!I", len(frame)) + frame)
-            await receive_until(alice, lambda f, tag=tag: tag in f, timeout=5)  # type: ignore[misc]
+            await receive_until(alice, lambda f, tag=tag: tag in f, timeout=5)
         await wait_taps(ns, 1)
     await close_ws(alice)
 
