@@ -118,3 +118,54 @@ def parse_icmp_echo_reply(frame: bytes) -> tuple[str, int, int] | None:
 def probe_frame(dst: bytes, src: bytes, payload: bytes, size: int = 64) -> bytes:
     body = payload + b"\0" * max(0, size - 14 - len(payload))
     return ethernet(dst, src, ETH_TEST, body)
+
+
+ETH_IPV6 = 0x86DD
+
+
+def ipv6(
+    src_mac: bytes,
+    dst_mac: bytes,
+    src_ip: str,
+    dst_ip: str,
+    next_header: int,
+    payload: bytes,
+    *,
+    hop_limit: int = 255,
+) -> bytes:
+    """An IPv6 packet in Ethernet; ``payload`` starts with the header ``next_header`` names."""
+    header = struct.pack(
+        "!IHBB16s16s",
+        6 << 28,
+        len(payload),
+        next_header,
+        hop_limit,
+        ipaddress.IPv6Address(src_ip).packed,
+        ipaddress.IPv6Address(dst_ip).packed,
+    )
+    return ethernet(dst_mac, src_mac, ETH_IPV6, header + payload)
+
+
+def icmpv6(src_ip: str, dst_ip: str, kind: int, code: int, body: bytes) -> bytes:
+    """An ICMPv6 message with its checksum over the IPv6 pseudo-header."""
+    message = struct.pack("!BBH", kind, code, 0) + body
+    pseudo = (
+        ipaddress.IPv6Address(src_ip).packed
+        + ipaddress.IPv6Address(dst_ip).packed
+        + struct.pack("!IxxxB", len(message), 58)
+    )
+    checksum = _checksum(pseudo + message)
+    return message[:2] + struct.pack("!H", checksum) + message[4:]
+
+
+def router_advert(src_mac: bytes, src_ip: str, prefix: str) -> bytes:
+    """An RA to all nodes: default router (lifetime 1800 s, preference high) with an
+    autonomous on-link ``prefix`` (a /64) and the sender's MAC as its link address."""
+    net = ipaddress.IPv6Network(prefix)
+    body = struct.pack("!BBHII", 64, 0x08, 1800, 0, 0)  # hop limit, flags (prf high), ...
+    body += struct.pack("!BB6s", 1, 1, src_mac)  # source link-layer address option
+    body += struct.pack(
+        "!BBBBIII16s", 3, 4, net.prefixlen, 0xC0, 86400, 14400, 0, net.network_address.packed
+    )
+    message = icmpv6(src_ip, "ff02::1", 134, 0, body)
+    return ipv6(src_mac, mac("33:33:00:00:00:01"), src_ip, "ff02::1", 58, message)

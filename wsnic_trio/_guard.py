@@ -14,7 +14,7 @@ from transports.base import FrameCheck
 
 from ._exceptions import PeerProtocolError
 
-__all__ = ["ByteBucket", "FramePolicy", "SourceGuard"]
+__all__ = ["ByteBucket", "FramePolicy", "GatewayRules", "SourceGuard"]
 
 _ETH_ARP = b"\x08\x06"
 _ETH_IPV4 = b"\x08\x00"
@@ -45,6 +45,100 @@ class ByteBucket:
             return False
         self.level -= size
         return True
+
+
+_ETH_IPV6 = b"\x86\xdd"
+_IPV6_EXTENSIONS = frozenset((0, 43, 60))  # hop-by-hop, routing, destination options
+_IPV6_FRAGMENT = 44
+_IPPROTO_ICMPV6 = 58
+_ICMPV6_ROUTER_ADVERT = 134
+_ICMPV6_REDIRECT = 137
+_DHCP_SERVER_PORT = b"\0\x43"  # 67
+_DHCP_CLIENT_PORT = b"\0\x44"  # 68
+_DHCPV6_SERVER_PORT = b"\x02\x23"  # 547
+_DHCPV6_CLIENT_PORT = b"\x02\x22"  # 546
+
+
+class GatewayRules:
+    """What no client may ever send, whatever the lock settings: the server is the LAN's
+    only gateway, DHCP server and router.
+
+    Dropped: frames from the bridge's MAC; ARP and IPv4 that claim the bridge's address
+    (gateway impersonation); DHCP server messages (UDP from port 67 or to port 68: a
+    rogue DHCP server); IPv6 router advertisements and redirects, DHCPv6 server
+    messages (from port 547 or to 546); IPv6 whose header chain does not reach its
+    upper-layer header inside the frame (an RA hidden behind extension headers).
+    A few byte comparisons per frame; no state.
+    """
+
+    def __init__(self, bridge_mac: bytes, bridge_ip: bytes) -> None:
+        self.bridge_mac = bridge_mac
+        self.bridge_ip = bridge_ip
+
+    def problem(self, frame: bytes) -> str | None:
+        if frame[6:12] == self.bridge_mac:
+            return "spoofed-mac"
+        kind = frame[12:14]
+        if kind == _ETH_IPV4:
+            return self._ipv4(frame)
+        if kind == _ETH_ARP:
+            if len(frame) < 42:
+                return "runt"
+            if frame[28:32] == self.bridge_ip or frame[22:28] == self.bridge_mac:
+                return "claims-gateway"
+            return None
+        if kind == _ETH_IPV6:
+            return _ipv6_problem(frame)
+        return None
+
+    def _ipv4(self, frame: bytes) -> str | None:
+        if len(frame) < 34:
+            return "runt"
+        if frame[26:30] == self.bridge_ip:
+            return "claims-gateway"
+        if frame[23] != _IPPROTO_UDP or frame[20:22] not in (b"\0\0", b"\x40\0"):
+            # Not UDP, or a fragment: a later fragment has no ports, and without its
+            # first fragment (checked here) it never becomes a datagram.
+            return None
+        start = 14 + (frame[14] & 0x0F) * 4
+        ports = frame[start : start + 4]
+        if len(ports) < 4:
+            return "runt"
+        if ports[:2] == _DHCP_SERVER_PORT or ports[2:] == _DHCP_CLIENT_PORT:
+            return "dhcp-server"
+        return None
+
+
+def _ipv6_problem(frame: bytes) -> str | None:
+    if len(frame) < 54:
+        return "runt"
+    next_header = frame[20]
+    offset = 54
+    while True:
+        if next_header in _IPV6_EXTENSIONS:
+            if len(frame) < offset + 2:
+                return "ipv6-header-chain"
+            next_header, offset = frame[offset], offset + (frame[offset + 1] + 1) * 8
+        elif next_header == _IPV6_FRAGMENT:
+            if len(frame) < offset + 8:
+                return "ipv6-header-chain"
+            if (frame[offset + 2] << 8 | frame[offset + 3]) & 0xFFF8:
+                return None  # not the first fragment: its headers were judged there
+            next_header, offset = frame[offset], offset + 8
+        else:
+            break
+    if next_header == _IPPROTO_ICMPV6:
+        if len(frame) < offset + 1:
+            return "ipv6-header-chain"
+        if frame[offset] in (_ICMPV6_ROUTER_ADVERT, _ICMPV6_REDIRECT):
+            return "router-advert" if frame[offset] == _ICMPV6_ROUTER_ADVERT else "redirect"
+    elif next_header == _IPPROTO_UDP:
+        ports = frame[offset : offset + 4]
+        if len(ports) < 4:
+            return "ipv6-header-chain"
+        if ports[:2] == _DHCPV6_SERVER_PORT or ports[2:] == _DHCPV6_CLIENT_PORT:
+            return "dhcpv6-server"
+    return None
 
 
 class SourceGuard:
@@ -128,17 +222,19 @@ class FramePolicy:
         drops: collections.Counter[str],
         guard: SourceGuard | None = None,
         rate_limit: float = 0.0,
+        rules: GatewayRules | None = None,
     ) -> None:
         self.check = check
         self.drops = drops
         self.guard = guard
+        self.rules = rules
         self.bucket_in = ByteBucket(rate_limit) if rate_limit else None
         self.bucket_out = ByteBucket(rate_limit) if rate_limit else None
 
     def inbound(self, frames: list[bytes], now: float) -> list[bytes]:
         """Frames from the peer that may enter the bridge."""
-        check, guard, bucket = self.check.problem, self.guard, self.bucket_in
-        if guard is None and bucket is None:
+        check, guard, bucket, rules = self.check.problem, self.guard, self.bucket_in, self.rules
+        if guard is None and bucket is None and rules is None:
             good = [f for f in frames if check(f) is None]
             if len(good) != len(frames):
                 for f in frames:
@@ -148,6 +244,8 @@ class FramePolicy:
         good = []
         for frame in frames:
             problem = check(frame)
+            if problem is None and rules is not None:
+                problem = rules.problem(frame)
             if problem is None and guard is not None:
                 problem = guard.problem(frame)
             if problem is None and bucket is not None and not bucket.take(len(frame), now):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import ipaddress
+import logging
 import os
 import socket
 
@@ -21,6 +22,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ._exceptions import SetupError, TapUnavailable
+from ._sysctl import ignore_ipv6_routers
 from ._tap import open_tap_fd
 
 __all__ = [
@@ -36,6 +38,8 @@ __all__ = [
 ]
 
 ALIAS_PREFIX = "wsnic-trio"
+
+log = logging.getLogger("wsnic_trio.netlink")
 
 
 def owner_alias(role: str, pid: int | None = None) -> str:
@@ -118,6 +122,12 @@ def create_bridge(
             )
         except NetlinkError as exc:
             raise SetupError(f"cannot create bridge {name}: {os.strerror(exc.code)}") from None
+        if not ignore_ipv6_routers(name):
+            log.warning(
+                "cannot turn off accept_ra/autoconf/accept_redirects on %s (read-only "
+                "/proc/sys?); router advertisements from clients are still dropped",
+                name,
+            )
         index = ipr.link_lookup(ifname=name)[0]
         ipr.link("set", index=index, ifalias=alias)
         ipr.addr(
@@ -145,6 +155,7 @@ def create_tap_on_bridge(
     """
     fd, name = open_tap_fd(pattern)
     try:
+        ignore_ipv6_routers(name, no_ipv6=True)
         # if_nametoindex is one ioctl; pyroute2's link_lookup is a netlink round trip.
         index = socket.if_nametoindex(name)
         try:
@@ -190,6 +201,7 @@ def create_tap(pattern: str, mtu: int, mac: str | None = None) -> tuple[int, str
     """Create a standalone TAP (for the client tool) and bring it up; returns (fd, name)."""
     fd, name = open_tap_fd(pattern)
     try:
+        ignore_ipv6_routers(name)
         with IPRoute() as ipr:
             index = ipr.link_lookup(ifname=name)[0]
             settings: dict[str, object] = {"mtu": mtu}

@@ -33,7 +33,7 @@ from ._dnsmasq import lease_file_path, serve_dnsmasq
 from ._events import EventBus
 from ._exceptions import ConfigError, PeerClosed, PeerError, SetupError
 from ._forward import ForwardManager, OpenRemote, open_remote_here
-from ._guard import FramePolicy, SourceGuard, refuse_mac
+from ._guard import FramePolicy, GatewayRules, SourceGuard, refuse_mac
 from ._lan import BRIDGE_MAC, LanBackend
 from ._leases import LeaseTable
 from ._pcap import PcapManager
@@ -105,6 +105,8 @@ class Server:
             max_clients_per_ip=config.max_clients_per_ip,
         )
         self.bridge_mac = bytes.fromhex(BRIDGE_MAC.replace(":", ""))
+        #: What no client may send (gateway impersonation, rogue DHCP, IPv6 RAs).
+        self.rules = GatewayRules(self.bridge_mac, config.bridge_address.packed)
         #: Which peer uses which source MAC (for peers whose MAC is locked).
         self.mac_owners: dict[bytes, int] = {}
         #: dnsmasq's leases, when the server runs DHCP.
@@ -185,7 +187,7 @@ class Server:
                 claim=lambda mac: self._claim_mac(peer_id, link, mac),
                 leased_ip=self.leased_ip if self.config.lock_ip else None,
             )
-        return FramePolicy(self.check, stats.drops, guard, self.config.rate_limit)
+        return FramePolicy(self.check, stats.drops, guard, self.config.rate_limit, self.rules)
 
     def leased_ip(self, mac: bytes) -> bytes | None:
         """The IPv4 address dnsmasq leased to ``mac`` (None: no lease known)."""
