@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import itertools
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +27,54 @@ REPO = Path(__file__).resolve().parent.parent
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 _counter = itertools.count()
+#: ``ip netns exec NAME`` bind-mounts the files of /etc/netns/NAME/ over /etc/ (ip-netns(8)).
+NETNS_ETC = Path("/etc/netns")
+
+
+def debian_hosts() -> str:
+    """Debian 12's default /etc/hosts: ``localhost`` is 127.0.0.1 *and* ::1.
+
+    Every namespace a test makes gets this file, so programs there resolve names as on
+    a stock Debian host, whatever this machine's own /etc/hosts says.
+    """
+    return (
+        "127.0.0.1\tlocalhost\n"
+        f"127.0.1.1\t{socket.gethostname()}\n"
+        "\n"
+        "# The following lines are desirable for IPv6 capable hosts\n"
+        "::1     localhost ip6-localhost ip6-loopback\n"
+        "ff02::1 ip6-allnodes\n"
+        "ff02::2 ip6-allrouters\n"
+    )
+
+
+def hosts_lookup(text: str, name: str) -> list[str]:
+    """The addresses a hosts file gives ``name``, in file order."""
+    found: list[str] = []
+    for line in text.splitlines():
+        fields = line.partition("#")[0].split()
+        if len(fields) >= 2 and name.lower() in (f.lower() for f in fields[1:]):
+            found.append(fields[0])
+    return found
+
+
+def _write_netns_etc(name: str, files: dict[str, str]) -> None:
+    # Another test run may remove an empty /etc/netns at any moment: try again then.
+    for _ in range(5):
+        try:
+            (NETNS_ETC / name).mkdir(parents=True, exist_ok=True)
+            for filename, text in files.items():
+                (NETNS_ETC / name / filename).write_text(text)
+            return
+        except FileNotFoundError:
+            continue
+    raise RuntimeError(f"cannot write {NETNS_ETC / name}")
+
+
+def _remove_netns_etc(name: str) -> None:
+    shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        NETNS_ETC.rmdir()  # only when empty: it may hold other namespaces' files
 
 
 def _setns(fd: int) -> None:
@@ -191,17 +241,47 @@ class NetNS:
             os.close(own)
             os.close(target)
 
+    def resolve(self, host: str) -> list[str]:
+        """``host``'s addresses as programs in this namespace see them (its hosts file).
+
+        The test process itself must not resolve names through this machine's own
+        /etc/hosts, which may differ from the namespace's (Debian's layout).
+        """
+        try:
+            return [str(ipaddress.ip_address(host))]
+        except ValueError:
+            pass
+        path = NETNS_ETC / self.name / "hosts"
+        found = hosts_lookup(path.read_text(), host)
+        if not found:
+            raise OSError(f"{host!r} is not in {path}")
+        return found
+
     async def connect_tcp(self, host: str, port: int) -> trio.SocketStream:
+        """Connect from inside this namespace, trying each address of ``host`` in turn."""
+
         def make() -> socket.socket:
-            sock = self.socket()
-            sock.settimeout(10)
-            try:
-                sock.connect((host, port))
-            except BaseException:
-                sock.close()
-                raise
-            sock.setblocking(False)
-            return sock
+            errors: list[OSError] = []
+            for address in self.resolve(host):
+                family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                sock = self.socket(family)
+                sock.settimeout(10)
+                try:
+                    sock.connect((address, port))
+                except OSError as exc:
+                    sock.close()
+                    errors.append(exc)
+                    continue
+                except BaseException:
+                    sock.close()
+                    raise
+                sock.setblocking(False)
+                return sock
+            if len(errors) == 1:
+                raise errors[0]
+            why = "; ".join(str(exc) for exc in errors)
+            # OSError(errno, ...) is the errno's subclass (ConnectionRefusedError...).
+            raise OSError(errors[0].errno, f"cannot connect to {host} port {port}: {why}")
 
         sock = await trio.to_thread.run_sync(make)
         return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
@@ -278,11 +358,21 @@ class NsFactory:
         self.namespaces: list[NetNS] = []
 
     def new(self, tag: str = "ns") -> NetNS:
+        """A namespace with loopback up (127.0.0.1 and ::1) and Debian's /etc/hosts."""
         name = f"wt{os.getpid()}{tag}{next(_counter)}"
-        run("ip", "netns", "add", name)
         ns = NetNS(name, self._nursery)
-        self.namespaces.append(ns)
+        self.namespaces.append(ns)  # before anything is made: destroy() removes it all
+        _write_netns_etc(name, {"hosts": debian_hosts()})
+        run("ip", "netns", "add", name)
         ns.ip("link", "set", "lo", "up")
+        if "inet6 ::1/128" not in ns.ip("-6", "addr", "show", "dev", "lo").stdout:
+            # IPv6 may be off in new namespaces (the host's sysctl defaults): turn it on
+            # in this one, which is the test's own.
+            ipv6_on = "for c in all lo; do echo 0 >/proc/sys/net/ipv6/conf/$c/disable_ipv6; done"
+            run("ip", "netns", "exec", name, "sh", "-c", ipv6_on, check=False)
+            ns.ip("addr", "add", "::1/128", "dev", "lo", check=False)
+            if "inet6 ::1/128" not in ns.ip("-6", "addr", "show", "dev", "lo").stdout:
+                raise RuntimeError(f"{name}: no IPv6 ::1 on lo (is IPv6 disabled?)")
         return ns
 
     def link(self, a: NetNS, a_addr: str, b: NetNS, b_addr: str) -> tuple[str, str]:
@@ -318,4 +408,5 @@ class NsFactory:
                         await proc.proc.wait()
             _kill_leftovers(ns.name)
             run("ip", "netns", "del", ns.name, check=False)
+            _remove_netns_etc(ns.name)
         self.namespaces.clear()

@@ -3,14 +3,15 @@
 Binding happens in the transport's constructor (so a taken port or socket path fails
 before the host is touched); :func:`bind_all` makes sure that when the third of three
 listeners fails, the first two are released again. :func:`accept_forever` is the accept
-loop: it never lets one failed ``accept`` (out of fds, say) end the listener.
+loop (over all of a listener's sockets): it never lets one failed ``accept`` (out of
+fds, say) end the listener.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import trio
@@ -46,34 +47,47 @@ def bind_all(make: Callable[[T], L], items: Iterable[T]) -> list[L]:
 
 
 async def accept_forever(
-    sock: socket.socket,
+    socks: socket.socket | Sequence[socket.socket],
     on_connection: Callable[[socket.socket, Any], Awaitable[None]],
     close: Callable[[], None],
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Accept on a nonblocking listening socket; each connection runs in its own task.
+    """Accept on nonblocking listening sockets; each connection runs in its own task.
 
-    ``close`` releases the listener (socket, socket file) when the loop ends.
+    A listener may own several sockets (one per address of a host name); they all feed
+    the same nursery. ``close`` releases the listener (sockets, socket file) when the
+    loops end.
     """
+    listening = [socks] if isinstance(socks, socket.socket) else list(socks)
     try:
         async with trio.open_nursery() as nursery:
+            for sock in listening:
+                nursery.start_soon(_accept_loop, sock, on_connection, nursery)
             task_status.started()
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                try:
-                    conn, addr = sock.accept()
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    # Out of fds or memory: say so, back off, keep serving the others.
-                    log.error("accept failed: %s", exc.strerror)
-                    await trio.sleep(0.1)
-                    continue
-                nursery.start_soon(on_connection, conn, addr)
     finally:
-        trio.lowlevel.notify_closing(sock)
+        for sock in listening:
+            trio.lowlevel.notify_closing(sock)
         close()
+
+
+async def _accept_loop(
+    sock: socket.socket,
+    on_connection: Callable[[socket.socket, Any], Awaitable[None]],
+    nursery: trio.Nursery,
+) -> None:
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            conn, addr = sock.accept()
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            # Out of fds or memory: say so, back off, keep serving the others.
+            log.error("accept failed: %s", exc.strerror)
+            await trio.sleep(0.1)
+            continue
+        nursery.start_soon(on_connection, conn, addr)
 
 
 async def serve_link(handler: PeerHandler, link: PeerLink) -> None:

@@ -31,6 +31,7 @@ from wsnic_trio._endpoints import parse_endpoint as _parse_endpoint
 from wsnic_trio._exceptions import PeerClosed, PeerProtocolError, PeerTimeout
 
 from ._listen import accept_forever, bind_all, serve_link
+from ._netaddr import bind_all_addresses, connect_any
 from ._sockio import SocketIO
 from ._unixpath import UnixPath, bind_unix
 from .base import (
@@ -162,12 +163,12 @@ class QemuStreamTransport:
             self.unix = bind_unix(
                 endpoint.path, socket.SOCK_STREAM, config.socket_mode, "QEMU stream listener"
             )
-            self.sock = self.unix.sock
+            self.socks = [self.unix.sock]
         else:
-            from .websocket import tcp_listener
-
-            self.sock = tcp_listener(endpoint.host, endpoint.port, "QEMU stream listener")
-        self.address = self.sock.getsockname()
+            # One socket per address of a host name (tcp:localhost:5555: ::1 and 127.0.0.1).
+            self.socks = bind_all_addresses(
+                endpoint.host, endpoint.port, "QEMU stream listener", backlog=512
+            )
 
     @classmethod
     def from_config(cls, config: Config) -> list[QemuStreamTransport | QemuConnectTransport]:
@@ -179,14 +180,18 @@ class QemuStreamTransport:
     def describe(self) -> str:
         if self.endpoint.kind == "unix":
             return f"qemu stream unix:{self.endpoint.path}"
-        host, port = self.address[0], self.address[1]
-        return f"qemu stream tcp:{f'[{host}]' if ':' in host else host}:{port}"
+        shown = []
+        for sock in self.socks:
+            host, port = sock.getsockname()[:2]
+            shown.append(f"tcp:{f'[{host}]' if ':' in host else host}:{port}")
+        return "qemu stream " + " and ".join(shown)
 
     def close(self) -> None:
         if self.unix is not None:
             self.unix.close()
-        elif self.sock.fileno() != -1:
-            self.sock.close()
+        else:
+            for sock in self.socks:
+                sock.close()  # a no-op for one already closed
 
     async def serve(
         self, handler: PeerHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -195,7 +200,7 @@ class QemuStreamTransport:
             remote, remote_ip = _peer_name(addr, self.endpoint)
             await run_stream_peer(conn, remote, remote_ip, self.config, handler)
 
-        await accept_forever(self.sock, on_connection, self.close, task_status=task_status)
+        await accept_forever(self.socks, on_connection, self.close, task_status=task_status)
 
 
 async def run_stream_peer(
@@ -220,26 +225,25 @@ async def run_stream_peer(
     await serve_link(handler, link)
 
 
-async def _open_stream(endpoint: Endpoint) -> socket.socket:
-    """Connect without blocking Trio; raises OSError naming the endpoint."""
-    sockaddr: str | tuple[object, ...]
-    if endpoint.kind == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sockaddr = endpoint.path
-    else:
-        infos = await trio.socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
-        family, type_, proto_num, _, sockaddr = infos[0]
-        sock = socket.socket(family, type_, proto_num)
+async def _open_stream(endpoint: Endpoint, deadline: float) -> socket.socket:
+    """Connect without blocking Trio by ``deadline`` (TooSlowError); raises OSError naming
+    the endpoint (for TCP, every address of its host name and why each failed)."""
+    if endpoint.kind == "tcp":
+        return await connect_any(
+            endpoint.host, endpoint.port, deadline=deadline, target=str(endpoint)
+        )
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
     try:
-        try:
-            sock.connect(sockaddr)
-            err = 0
-        except BlockingIOError:  # EINPROGRESS (TCP) or EAGAIN (unix backlog full)
-            await trio.lowlevel.wait_writable(sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        except OSError as exc:
-            err = exc.errno or errno.EIO
+        with trio.fail_at(deadline):
+            try:
+                sock.connect(endpoint.path)
+                err = 0
+            except BlockingIOError:  # EAGAIN: the listener's backlog is full
+                await trio.lowlevel.wait_writable(sock)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            except OSError as exc:
+                err = exc.errno or errno.EIO
         if err:
             raise OSError(err, f"cannot connect to {endpoint}: {os.strerror(err)}")
     except BaseException:
@@ -272,8 +276,8 @@ class QemuConnectTransport:
         failing = False
         while True:
             try:
-                with trio.fail_after(self.config.handshake_timeout):
-                    conn = await _open_stream(self.endpoint)
+                deadline = trio.current_time() + self.config.handshake_timeout
+                conn = await _open_stream(self.endpoint, deadline)
             except (OSError, trio.TooSlowError) as exc:
                 if not failing:  # say it once, not at every attempt
                     why = exc.strerror if isinstance(exc, OSError) else "connect timed out"
@@ -301,8 +305,7 @@ async def dial_qemu_stream(
         if parts.scheme != "qemu+tcp" or not parts.hostname or not parts.port:
             raise ValueError(f"{url!r}: expected qemu+unix:PATH or qemu+tcp://HOST:PORT")
         endpoint = Endpoint("tcp", host=parts.hostname, port=parts.port)
-    with trio.fail_after(connect_timeout):
-        sock = await _open_stream(endpoint)
+    sock = await _open_stream(endpoint, trio.current_time() + connect_timeout)
     _stream_options(sock)
     io = SocketIO(sock, send_stall_timeout=liveness.timeout or 60.0)
     return StreamLink(io, StreamProtocol(check.max_frame), str(endpoint), 60.0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import logging
 import socket
 import ssl
@@ -28,6 +27,7 @@ from wsnic_trio._exceptions import (
 )
 
 from ._listen import accept_forever
+from ._netaddr import bind_all_addresses, connect_any
 from ._sockio import SocketIO, is_disconnect
 from ._tlsio import TlsContext, TlsSocketIO
 from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler, Rejection, peer_address
@@ -157,32 +157,10 @@ class WebSocketLink:
         self.io.close()
 
 
-def tcp_listener(address: str, port: int, what: str) -> socket.socket:
-    """Bind a listening TCP socket now, so a taken port fails before the host is touched."""
-    try:
-        infos = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise SetupError(f"{what}: cannot resolve address {address!r}: {exc.strerror}") from None
-    family, type_, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, type_, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind(sockaddr)
-        sock.listen(512)
-    except OSError as exc:
-        sock.close()
-        hint = {
-            errno.EADDRINUSE: " (another program is listening there; pick another port)",
-            errno.EADDRNOTAVAIL: " (no interface of this host has that address)",
-            errno.EACCES: " (permission denied)",
-        }.get(exc.errno or 0, "")
-        raise SetupError(
-            f"{what}: cannot listen on {address} port {port}: {exc.strerror}{hint}"
-        ) from None
-    sock.setblocking(False)
-    return sock
+def tcp_listener(address: str, port: int, what: str) -> list[socket.socket]:
+    """Listening TCP sockets on every address ``address`` resolves to, bound now, so a
+    taken port fails before the host is touched."""
+    return bind_all_addresses(address, port, what, backlog=512)
 
 
 def _peer_name(addr: object) -> str:
@@ -231,8 +209,7 @@ class WebSocketTransport:
         self.liveness = Liveness(ping_interval=config.ping_interval, timeout=config.ping_timeout)
         port = config.wss_port if tls else config.ws_port
         what = "WebSocket Secure listener" if tls else "WebSocket listener"
-        self.sock = tcp_listener(config.ws_address, port, what)
-        self.address = self.sock.getsockname()
+        self.socks = tcp_listener(config.ws_address, port, what)
 
     @classmethod
     def from_config(cls, config: Config) -> list[WebSocketTransport]:
@@ -250,7 +227,7 @@ class WebSocketTransport:
         return made
 
     def describe(self) -> str:
-        return f"{self.name}://{_peer_name(self.address)}/"
+        return " and ".join(f"{self.name}://{_peer_name(s.getsockname())}/" for s in self.socks)
 
     def reload(self) -> None:
         """SIGHUP: re-read the certificate; connected clients keep their sessions."""
@@ -258,8 +235,8 @@ class WebSocketTransport:
             self.tls.reload()
 
     def close(self) -> None:
-        if self.sock.fileno() != -1:
-            self.sock.close()
+        for sock in self.socks:
+            sock.close()  # a no-op for one already closed
 
     async def serve(
         self, handler: PeerHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -267,7 +244,7 @@ class WebSocketTransport:
         async def on_connection(conn: socket.socket, addr: Any) -> None:
             await self._connection(conn, addr, handler)
 
-        await accept_forever(self.sock, on_connection, self.close, task_status=task_status)
+        await accept_forever(self.socks, on_connection, self.close, task_status=task_status)
 
     def _socket_io(self, conn: socket.socket) -> SocketIO:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -396,21 +373,11 @@ async def dial_websocket(
     host = parts.hostname or "127.0.0.1"
     port = parts.port or (443 if secure else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    with trio.fail_after(connect_timeout):
-        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        family, type_, proto_num, _, sockaddr = infos[0]
-        sock = socket.socket(family, type_, proto_num)
-        sock.setblocking(False)
+    deadline = trio.current_time() + connect_timeout
+    sock = await connect_any(host, port, deadline=deadline)
+    with trio.fail_at(deadline):
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = sock.connect_ex(sockaddr)
-            if err == errno.EINPROGRESS:
-                await trio.lowlevel.wait_writable(sock)
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(
-                    err, f"cannot connect to {host}:{port}: {errno.errorcode.get(err, err)}"
-                )
             stall = liveness.timeout or 60.0
             if secure:
                 # The system's CAs; SSL_CERT_FILE points OpenSSL at another bundle.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import errno
 import functools
 import json
 import logging
@@ -27,6 +26,7 @@ import h11
 import trio
 
 from transports._listen import bind_all
+from transports._netaddr import bind_all_addresses
 from transports._unixpath import UnixPath, bind_unix
 
 from ._admission import FailureLimiter, TokenStore
@@ -92,17 +92,8 @@ def _bind_one(endpoint: ApiEndpoint) -> ApiListener:
                 os.mkdir(directory, 0o755)
         unix = bind_unix(endpoint.path, socket.SOCK_STREAM, 0o600, "control API")
         return ApiListener(endpoint, unix.sock, unix)
-    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((endpoint.host, endpoint.port))
-        sock.listen(64)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        why = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        raise SetupError(f"control API: cannot listen on {endpoint}: {why}") from None
+    # The API's TCP host is an IP address (names are refused when parsed): one socket.
+    (sock,) = bind_all_addresses(endpoint.host, endpoint.port, "control API", backlog=64)
     return ApiListener(endpoint, sock, None)
 
 
