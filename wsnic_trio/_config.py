@@ -499,8 +499,9 @@ class Config:
         parse=_ipv4_address,
         kind="list",
         metavar="ADDR[,ADDR...]",
-        help="DNS servers dnsmasq forwards other names to; default: none (LAN names only, "
-        "/etc/resolv.conf is not read)",
+        help="DNS servers dnsmasq forwards non-LAN names to; default with --enable-inet: "
+        "the host's resolvers (/etc/resolv.conf, re-read when it changes; in rootless mode "
+        "through the uplink), without it: none (LAN names only)",
     )
     enable_inet: bool = _opt(
         False,
@@ -508,7 +509,7 @@ class Config:
         "--enable-inet",
         kind="flag",
         help="give the LAN Internet access: NAT (masquerade) out of the uplink, IPv4 "
-        "forwarding on for the run",
+        "forwarding on for the run, and Internet names through the host's resolvers",
     )
     inet_iface: str | None = _opt(
         None,

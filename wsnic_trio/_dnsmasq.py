@@ -1,7 +1,8 @@
 """DHCP and DNS for the LAN: a dnsmasq child the server supervises for its whole run.
 
-dnsmasq runs in the foreground, reads no system configuration, binds only the bridge,
-and logs to a pipe whose lines are relayed into our logger. It is "ready" only once it
+dnsmasq runs in the foreground, reads no system configuration (only, with ``-i`` and
+no ``--dns-upstream``, the host's resolv.conf for its upstream servers), binds only the
+bridge, and logs to a pipe whose lines are relayed into our logger. It is "ready" only once it
 said it started *and* /proc shows its sockets on ports 53 and 67. If it dies, the
 supervisor logs why and starts it again with backoff; its leases survive in the lease
 file. If it cannot start at all, start-up fails with a :class:`SetupError` naming the
@@ -40,20 +41,28 @@ from ._exceptions import SetupError
 from ._procs import iter_processes, net_namespace_id, port_holders
 
 __all__ = [
+    "RESOLV_CONF",
     "DnsmasqPlan",
     "check_prerequisites",
     "clear_leftovers",
+    "describe_dns",
     "dhcp_pool",
     "dnsmasq_argv",
     "dnsmasq_plan",
+    "resolv_nameservers",
+    "reverse_zones",
     "run_dir",
     "serve_dnsmasq",
+    "uses_host_resolvers",
 ]
 
 log = logging.getLogger("wsnic_trio.dnsmasq")
 dnsmasq_log = logging.getLogger("wsnic_trio.dnsmasq.log")
 
 RUN_ROOT = Path("/run/wsnic-trio")
+#: The host's resolvers, for a LAN with -i and no --dns-upstream. dnsmasq runs in the
+#: host's namespace, so a stub resolver on loopback (127.0.0.53) serves it as well.
+RESOLV_CONF = Path("/etc/resolv.conf")
 _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 5.0
 _BACKOFF_MIN = 1.0
@@ -97,19 +106,56 @@ class DnsmasqPlan:
     pid_file: Path
     mtu: int = 1500
     log_transactions: bool = False
+    #: Forward other names to the servers this file lists (re-read when it changes);
+    #: only when ``upstream`` is empty. None: no forwarding at all, unless ``upstream``.
+    resolv_file: Path | None = None
+
+
+def uses_host_resolvers(config: Config) -> bool:
+    """Whether dnsmasq forwards non-LAN names to the host's resolvers (resolv.conf):
+    with ``-i`` a LAN has the Internet and expects its names too, unless
+    ``--dns-upstream`` chose the servers. Without ``-i`` the LAN gets its own names only."""
+    return config.enable_inet and not config.dns_upstream
+
+
+def reverse_zones(subnet: ipaddress.IPv4Network) -> list[str]:
+    """The in-addr.arpa zones that hold the LAN's addresses: the LAN answers these
+    itself (``--local``) and never asks upstream about them, also for a subnet that
+    ``--bogus-priv`` (RFC 6303's private ranges) does not cover.
+
+    One zone per whole octet: a /20 is 16 zones of a /24 each; a subnet smaller than
+    a /24 is kept local with its whole /24.
+    """
+    octets = min(-(-subnet.prefixlen // 8), 3) or 1
+    prefix = octets * 8
+    if subnet.prefixlen > prefix:
+        nets = [subnet.supernet(new_prefix=prefix)]
+    else:
+        nets = list(subnet.subnets(new_prefix=prefix))
+    return [
+        ".".join(reversed(str(net.network_address).split(".")[:octets])) + ".in-addr.arpa"
+        for net in nets
+    ]
 
 
 def dnsmasq_argv(plan: DnsmasqPlan, binary: str = "dnsmasq") -> list[str]:
     first, last = dhcp_pool(plan.subnet, plan.bridge_address)
     pool_size = int(last) - int(first) + 1
     nameservers = ",".join(str(a) for a in plan.nameservers or [plan.bridge_address])
+    if plan.upstream or plan.resolv_file is None:
+        resolv = "--no-resolv"
+    else:
+        # dnsmasq re-reads the file when it changes (inotify, or a poll once a second):
+        # a laptop that moves between networks keeps working. It ignores a server that
+        # is its own listening address, so a resolv.conf naming the bridge cannot loop.
+        resolv = f"--resolv-file={plan.resolv_file}"
     argv = [
         binary,
         "--keep-in-foreground",
         "--log-facility=-",
         "--conf-file=/dev/null",
         "--no-hosts",
-        "--no-resolv",
+        resolv,
         "--bind-interfaces",
         f"--interface={plan.bridge}",
         "--except-interface=lo",
@@ -123,6 +169,7 @@ def dnsmasq_argv(plan: DnsmasqPlan, binary: str = "dnsmasq") -> list[str]:
         f"--dhcp-option=option:dns-server,{nameservers}",
         f"--domain={plan.domain}",
         f"--local=/{plan.domain}/",
+        f"--local=/{'/'.join(reverse_zones(plan.subnet))}/",
         # Plain names (no dot) and private reverse zones are answered here or not at
         # all: they mean nothing to an upstream server.
         "--domain-needed",
@@ -158,7 +205,62 @@ def dnsmasq_plan(config: Config, rundir: Path) -> DnsmasqPlan:
         pid_file=rundir / "dnsmasq.pid",
         mtu=config.mtu,
         log_transactions=config.verbose >= 2,
+        resolv_file=RESOLV_CONF if uses_host_resolvers(config) else None,
     )
+
+
+def resolv_nameservers(text: str) -> list[str]:
+    """The name servers a resolv.conf lists, as written (an IPv6 one may carry a
+    ``%zone``); lines that are no address are skipped, as the resolver does."""
+    found = []
+    for line in text.splitlines():
+        words = re.split(r"[#;]", line, maxsplit=1)[0].split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            with contextlib.suppress(ValueError):
+                ipaddress.ip_address(words[1].split("%", 1)[0])
+                found.append(words[1])
+    return found
+
+
+def describe_dns(
+    config: Config, resolv_text: str | None = None, unreadable: str = ""
+) -> tuple[int, str]:
+    """(log level, line) saying where the LAN's DNS sends names it does not know.
+
+    ``resolv_text`` is the host's resolv.conf (None: it could not be read, because of
+    ``unreadable``), used only when dnsmasq forwards to the host's resolvers. No usable
+    server there is a warning, not an error: LAN names keep working, and dnsmasq starts
+    forwarding as soon as the file lists one.
+    """
+    if config.dns_upstream:
+        servers = ", ".join(str(a) for a in config.dns_upstream)
+        return logging.INFO, f"DNS: forwarding non-LAN names to {servers} (--dns-upstream)"
+    if not uses_host_resolvers(config):
+        return logging.INFO, "DNS: LAN names only (no --enable-inet, no --dns-upstream)"
+    hint = (
+        "so only LAN names resolve for now; dnsmasq forwards other names as soon as the "
+        "file lists a name server (it is re-read when it changes), or give --dns-upstream"
+    )
+    if resolv_text is None:
+        return logging.WARNING, f"DNS: cannot read {RESOLV_CONF} ({unreadable}), {hint}"
+    listed = resolv_nameservers(resolv_text)
+    own = str(config.bridge_address)
+    usable = [s for s in listed if s != own]
+    ignored = f" (ignoring {own}: that is this LAN's own dnsmasq)" if own in listed else ""
+    if not usable:
+        return logging.WARNING, f"DNS: {RESOLV_CONF} lists no usable name server{ignored}, {hint}"
+    return (
+        logging.WARNING if ignored else logging.INFO,
+        f"DNS: forwarding non-LAN names to {', '.join(usable)} (from {RESOLV_CONF}, "
+        f"re-read when it changes){ignored}",
+    )
+
+
+def _read_resolv_conf() -> tuple[str | None, str]:
+    try:
+        return RESOLV_CONF.read_text(errors="replace"), ""
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
 
 
 def lease_file_path(config: Config) -> Path:
@@ -439,6 +541,11 @@ async def serve_dnsmasq(
     plan = dnsmasq_plan(config, rundir)
     argv = dnsmasq_argv(plan, binary)
     address = config.bridge_address
+    resolv_text, unreadable = None, ""
+    if plan.resolv_file is not None:
+        resolv_text, unreadable = await trio.to_thread.run_sync(_read_resolv_conf)
+    level, text = describe_dns(config, resolv_text, unreadable)
+    log.log(level, "%s", text)
 
     holders = await trio.to_thread.run_sync(port_holders, [53, 67], address)
     if any(h.proto == "udp" or h.port == 53 for h in holders):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import ipaddress
 import logging
 import os
 import shutil
@@ -35,6 +36,7 @@ from typing import Self
 import trio
 
 from ._config import Config
+from ._dnsmasq import describe_dns, uses_host_resolvers
 from ._exceptions import ConfigError, SetupError
 from ._lan import Lan
 from ._nsproto import (
@@ -60,6 +62,7 @@ __all__ = [
     "open_backend",
     "pasta_argv",
     "slirp4netns_argv",
+    "uplink_dns",
 ]
 
 log = logging.getLogger("wsnic_trio.rootless")
@@ -68,6 +71,10 @@ log = logging.getLogger("wsnic_trio.rootless")
 SLIRP_DEVICE = "tap0"
 SLIRP_HOST = "10.0.2.2"
 PASTA_DEVICE = "pasta0"
+#: The uplinks' DNS forwarders: what is sent there goes to this host's resolvers, from
+#: the host's side (so a stub resolver on the host's loopback serves the LAN as well).
+SLIRP_DNS = "10.0.2.3"
+PASTA_DNS = "169.254.1.1"  # any address pasta routes; --dns-forward makes it the forwarder
 _REQUEST_TIMEOUT = 30.0
 _UPLINK_TIMEOUT = 15.0
 _STOP_TIMEOUT = 5.0
@@ -94,8 +101,17 @@ def choose_rootless(config: Config, *, euid: int, net_admin: bool) -> tuple[bool
     return True, "rootless mode (not root and no CAP_NET_ADMIN: chosen automatically)"
 
 
+def uplink_dns(config: Config) -> str | None:
+    """The uplink's DNS forwarder that dnsmasq uses in rootless mode, where root mode
+    reads the host's resolv.conf (which may name the host's loopback, a different one
+    from the namespace's); None when the LAN gets no forwarding or --dns-upstream's."""
+    if config.disable_dhcp or not uses_host_resolvers(config):
+        return None
+    return PASTA_DNS if config.uplink == "pasta" else SLIRP_DNS
+
+
 def slirp4netns_argv(
-    binary: str, pid: int, *, ready_fd: int, exit_fd: int, host_loopback: bool
+    binary: str, pid: int, *, ready_fd: int, exit_fd: int, host_loopback: bool, dns: bool = False
 ) -> list[str]:
     argv = [
         binary,
@@ -105,14 +121,17 @@ def slirp4netns_argv(
         f"--exit-fd={exit_fd}",
         "--enable-sandbox",
         "--enable-seccomp",
-        "--disable-dns",
     ]
+    if not dns:
+        argv.append("--disable-dns")
     if not host_loopback:
         argv.append("--disable-host-loopback")
     return [*argv, str(pid), SLIRP_DEVICE]
 
 
-def pasta_argv(binary: str, pid: int, *, pid_file: Path, host_loopback: bool) -> list[str]:
+def pasta_argv(
+    binary: str, pid: int, *, pid_file: Path, host_loopback: bool, dns: bool = False
+) -> list[str]:
     """pasta configures the namespace like the host's uplink, then detaches; it quits
     by itself when the namespace is gone."""
     argv = [
@@ -121,7 +140,9 @@ def pasta_argv(binary: str, pid: int, *, pid_file: Path, host_loopback: bool) ->
         "--quiet",
         f"--ns-ifname={PASTA_DEVICE}",
         f"--pid={pid_file}",
-        "--dns=none",  # not "--dns=": older pasta (2023) refuses an empty address
+        # "--dns=none" would stop the forwarding too; not "--dns=": older pasta (2023)
+        # refuses an empty address.
+        f"--dns-forward={PASTA_DNS}" if dns else "--dns=none",
     ]
     if not host_loopback:
         argv.append("--no-map-gw")
@@ -346,7 +367,14 @@ class RootlessLan(HelperLan):
         config = self.config
         await trio.to_thread.run_sync(_check_prerequisites, config)
         await self._spawn_helper()
-        reply = await self._call(Request("setup", {"config": config_to_wire(config)}))
+        dns = uplink_dns(config)
+        # The helper's dnsmasq gets the uplink's forwarder as its --dns-upstream.
+        wire = (
+            dataclasses.replace(config, dns_upstream=(ipaddress.IPv4Address(dns),))
+            if dns
+            else config
+        )
+        reply = await self._call(Request("setup", {"config": config_to_wire(wire)}))
         self.rundir = Path(str(reply.values["rundir"]))
         if not config.disable_dhcp and config.dhcp_lease_file is None:
             self.config = dataclasses.replace(
@@ -357,6 +385,16 @@ class RootlessLan(HelperLan):
         if config.enable_inet:
             uplink_device, host_address = await self._start_uplink()
         await self._call(Request("start", {"uplink": uplink_device, "host_address": host_address}))
+        if dns:
+            log.info(
+                "DNS: forwarding non-LAN names to %s, the DNS forwarder of %s (it asks "
+                "this host's resolvers, from /etc/resolv.conf)",
+                dns,
+                config.uplink,
+            )
+        elif not config.disable_dhcp:
+            level, text = describe_dns(config)
+            log.log(level, "%s", text)
         log.info(
             "rootless LAN ready: bridge %s in the namespace of helper pid %d%s",
             self.bridge,
@@ -383,6 +421,7 @@ class RootlessLan(HelperLan):
                         ready_fd=ready_w,
                         exit_fd=exit_r,
                         host_loopback=config.host_loopback,
+                        dns=uplink_dns(config) is not None,
                     ),
                     pass_fds=[ready_w, exit_r],
                     stdin=subprocess.DEVNULL,
@@ -419,6 +458,7 @@ class RootlessLan(HelperLan):
                 self.helper_pid,
                 pid_file=pid_file,
                 host_loopback=self.config.host_loopback,
+                dns=uplink_dns(self.config) is not None,
             ),
             stdin=subprocess.DEVNULL,
             capture_stdout=True,
