@@ -40,7 +40,6 @@ from .base import (
     Liveness,
     PeerHandler,
     Rejection,
-    normalize_ip,
     peer_address,
 )
 from .stream_protocol import StreamFramingError, StreamProtocol
@@ -253,6 +252,14 @@ async def _open_stream(endpoint: Endpoint, deadline: float) -> socket.socket:
     return sock
 
 
+def _dialled_ip(conn: socket.socket) -> str | None:
+    """The address we really reached (the endpoint may be a name with several)."""
+    try:
+        return peer_address(conn.getpeername())[1]
+    except OSError:
+        return None
+
+
 class QemuConnectTransport:
     """Outbound mode: keep one peer connected to a listening QEMU, redialling for ever."""
 
@@ -289,7 +296,7 @@ class QemuConnectTransport:
             failing = False
             delay = _REDIAL_MIN
             log.info("%s: connected", self.endpoint)
-            remote_ip = normalize_ip(self.endpoint.host) if self.endpoint.kind == "tcp" else None
+            remote_ip = _dialled_ip(conn) if self.endpoint.kind == "tcp" else None
             await run_stream_peer(conn, str(self.endpoint), remote_ip, self.config, handler)
             await trio.sleep(_REDIAL_MIN)
 
