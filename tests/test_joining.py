@@ -241,3 +241,49 @@ async def test_per_address_limit_on_a_dual_stack_listener(
     await server.log.wait_for(r"client 1 connected: ws 127\.0\.0\.1:\d+ on wstap")
     assert "::ffff:" not in server.log.text()
     await close_ws(first)
+
+
+async def test_accept_at_the_fd_limit_hangs_up_at_once(world: NsFactory) -> None:
+    """(issue 11, defect 3) With every fd taken by connections still in their handshake,
+    a new client is accepted and hung up on (one fd is kept in reserve for that) instead
+    of waiting in the backlog until it gives up; once fds are free, clients join again."""
+    ns = world.new("srv")
+    limit = 48
+    server = await ns.start(
+        [
+            "sh",
+            "-c",
+            f'ulimit -n {limit} && exec "$0" -m wsnic_trio --disable-dhcp --handshake-timeout 300',
+            sys.executable,
+        ],
+        label="wsnic-trio",
+    )
+    await server.log.wait_for(r"INFO ready: ", timeout=30)
+    idle: list[trio.SocketStream] = []
+    try:
+        for _ in range(limit + 8):
+            idle.append(await ns.connect_tcp("127.0.0.1", 8086))
+        await server.log.wait_for(
+            r"WARNING refused a connection from 127\.0\.0\.1:\d+: out of file descriptors"
+        )
+        hung_up = 0
+        with trio.move_on_after(5):
+            for stream in reversed(idle):  # the last ones came after the fds ran out
+                # An accepted connection waits for its request: nothing arrives. A shed
+                # one was closed by the server: EOF (or a reset).
+                try:
+                    hung_up += await stream.receive_some(1) == b""
+                except trio.BrokenResourceError:
+                    hung_up += 1
+        assert hung_up, "no connection was hung up on at the fd limit"
+    finally:
+        for stream in idle:
+            await trio.aclose_forcefully(stream)
+    keep: list[trio.SocketStream] = []
+    with trio.fail_after(20):
+        while not (await http_upgrade_kept(ns, keep)).startswith(b"HTTP/1.1 101 "):
+            await trio.sleep(0.2)
+    for stream in keep:
+        await stream.aclose()
+    assert "Traceback" not in server.log.text()
+    assert await server.stop() == 0

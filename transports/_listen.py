@@ -4,12 +4,15 @@ Binding happens in the transport's constructor (so a taken port or socket path f
 before the host is touched); :func:`bind_all` makes sure that when the third of three
 listeners fails, the first two are released again. :func:`accept_forever` is the accept
 loop (over all of a listener's sockets): it never lets one failed ``accept`` (out of
-fds, say) end the listener.
+fds, say) end the listener, and it runs each connection so that nothing escaping it,
+not even a bug, ends more than that connection.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -18,7 +21,7 @@ import trio
 
 from wsnic_trio._exceptions import PeerError
 
-from .base import PeerHandler, PeerLink
+from .base import PeerHandler, PeerLink, peer_address
 
 __all__ = ["accept_forever", "bind_all", "serve_link"]
 
@@ -76,18 +79,79 @@ async def _accept_loop(
     on_connection: Callable[[socket.socket, Any], Awaitable[None]],
     nursery: trio.Nursery,
 ) -> None:
-    while True:
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            conn, addr = sock.accept()
-        except BlockingIOError:
-            continue
-        except OSError as exc:
-            # Out of fds or memory: say so, back off, keep serving the others.
-            log.error("accept failed: %s", exc.strerror)
-            await trio.sleep(0.1)
-            continue
-        nursery.start_soon(on_connection, conn, addr)
+    # One fd held in reserve: when the process runs out, it is given up for a moment so
+    # the waiting client can be accepted and hung up on at once, instead of waiting in
+    # the backlog until it times out (and the loop waking up for it again and again).
+    reserve: int | None = _open_reserve()
+    try:
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                conn, addr = sock.accept()
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and reserve is not None:
+                    os.close(reserve)
+                    reserve = None
+                    _shed_one(sock, exc)
+                    reserve = _open_reserve()
+                else:
+                    # Out of memory, or no fd even for the reserve: say so, back off.
+                    log.error("accept failed: %s", exc.strerror)
+                    await trio.sleep(0.1)
+                continue
+            nursery.start_soon(_contained, on_connection, conn, addr)
+    finally:
+        if reserve is not None:
+            os.close(reserve)
+
+
+def _open_reserve() -> int | None:
+    try:
+        return os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _shed_one(sock: socket.socket, exc: OSError) -> None:
+    try:
+        conn, addr = sock.accept()
+    except OSError:
+        return
+    conn.close()
+    log.warning(
+        "refused a connection from %s: out of file descriptors (%s); raise the server's "
+        "limit (ulimit -n, or LimitNOFILE= in a systemd unit)",
+        _who(addr),
+        exc.strerror,
+    )
+
+
+def _who(addr: Any) -> str:
+    return peer_address(addr)[0] or "a unix socket"
+
+
+async def _contained(
+    on_connection: Callable[[socket.socket, Any], Awaitable[None]],
+    conn: socket.socket,
+    addr: Any,
+) -> None:
+    """Run one connection's handler; whatever escapes it ends this connection only.
+
+    The handlers catch every error a peer can cause; anything else is a bug, and a bug
+    met by one client must not end the listener (and with it the server).
+    """
+    try:
+        await on_connection(conn, addr)
+    except* Exception as group:
+        log.error(
+            "connection from %s ended by an unexpected error (the server goes on)",
+            _who(addr),
+            exc_info=group,
+        )
+    finally:
+        conn.close()
 
 
 async def serve_link(handler: PeerHandler, link: PeerLink) -> None:
@@ -101,5 +165,11 @@ async def serve_link(handler: PeerHandler, link: PeerLink) -> None:
     except* (OSError, PeerError) as group:
         for exc in group.exceptions:
             log.debug("%s: connection ended: %r", link.remote, exc)
+    except* Exception as group:
+        log.error(
+            "%s: peer ended by an unexpected error (the server goes on)",
+            link.remote,
+            exc_info=group,
+        )
     finally:
         await link.aclose()
