@@ -7,14 +7,15 @@ import errno
 import ipaddress
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 import trio
 
-from wsnic_trio import Config, ConfigError
+from wsnic_trio import Config, ConfigError, _rootless
 from wsnic_trio._cli import config_from_args
-from wsnic_trio._exceptions import WsnicError
+from wsnic_trio._exceptions import SetupError, WsnicError
 from wsnic_trio._nat import NatPlan, TableNote, build_ruleset
 from wsnic_trio._nshelper import connect
 from wsnic_trio._nsproto import (
@@ -289,3 +290,37 @@ def test_helper_ruleset_forwards_between_ports_and_allows_host() -> None:
     forward = text[text.index("chain forward") :]
     assert forward.index('iifname "wsbr0" oifname "wsbr0" accept') < forward.index("drop")
     assert "10.0.2.2/32" in text
+
+
+_NEVER_READY = """
+import os, sys
+exit_fd = int(next(a for a in sys.argv if a.startswith("--exit-fd=")).partition("=")[2])
+print("fake slirp4netns: started, never ready", file=sys.stderr, flush=True)
+os.read(exit_fd, 1)  # blocks until the server closes the other end (EOF), then exits 0
+"""
+
+
+async def test_slirp4netns_that_never_reports_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slirp4netns that runs but never writes to its ready fd: start-up fails with a
+    SetupError that names slirp4netns (not an UnboundLocalError), and stopping the LAN
+    ends that slirp4netns through its exit fd."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "slirp4netns"
+    fake.write_text(f"#!{sys.executable}\n{_NEVER_READY}")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(_rootless, "_UPLINK_TIMEOUT", 0.2)
+    lan = RootlessLan(Config(enable_inet=True))
+    lan.helper_pid = os.getpid()
+    lan.rundir = tmp_path
+    try:
+        with pytest.raises(SetupError, match=r"^slirp4netns did not report ready within 0\.2 s"):
+            await lan._start_uplink()
+        assert lan._uplink is not None and lan._uplink.proc is not None
+        proc = lan._uplink.proc
+    finally:
+        await lan._stop()
+    assert proc.returncode == 0  # it read EOF on --exit-fd: stopped, not killed

@@ -394,14 +394,20 @@ class RootlessLan(HelperLan):
             os.close(ready_w)
             os.close(exit_r)
         ready = trio.lowlevel.FdStream(ready_r)
+        got = b""  # also what a timeout leaves
         try:
-            with trio.move_on_after(_UPLINK_TIMEOUT):
+            with trio.move_on_after(_UPLINK_TIMEOUT) as waited:
                 got = await ready.receive_some(16)
         finally:
             await ready.aclose()
         if not got.startswith(b"1"):
             text = await trio.to_thread.run_sync(_tail, log_path)
-            raise SetupError(f"slirp4netns did not come up: {text or 'no output'}")
+            what = (
+                f"did not report ready within {_UPLINK_TIMEOUT:g} s"
+                if waited.cancelled_caught
+                else "did not come up"
+            )
+            raise SetupError(f"slirp4netns {what}: {text or 'no output'}")
         log.info(
             "uplink: slirp4netns (pid %d)%s",
             self._uplink.proc.pid,
