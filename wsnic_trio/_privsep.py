@@ -7,10 +7,10 @@ helper as rootless mode, but it stays real root in the server's own network name
 with its leftover detection and "not ours" refusal, :func:`lan_services` with NAT and
 the ``ip_forward`` record and restore, the supervised dnsmasq with its restarts), and
 hands the server a TAP fd per peer over the seqpacket socket, exactly as in rootless
-mode (``_nsproto``). Then the server drops every privilege for good: supplementary
-groups, gid, uid (glibc applies ``setuid`` to every thread, which matters because Trio
-makes netlink calls from worker threads), and checks that no thread kept a
-capability and that ``setuid(0)`` fails.
+mode (``_nsproto``); it tries one TAP before it reports the LAN ready. Then the server
+drops every privilege for good: supplementary groups, gid, uid (glibc applies
+``setuid`` to every thread, which matters because Trio makes netlink calls from worker
+threads), and checks that no thread kept a capability and that ``setuid(0)`` fails.
 
 Capabilities are per thread and the server would need more than ``CAP_NET_ADMIN``
 anyway (dnsmasq restarts, nft clean-up and the sysctl restore at exit), so the server
@@ -57,7 +57,7 @@ from ._nsproto import (
     decode_request,
     encode_reply,
 )
-from ._rootless import HelperLan
+from ._rootless import HelperLan, probe_lan
 from ._services import lan_services
 
 __all__ = [
@@ -73,6 +73,7 @@ __all__ = [
 log = logging.getLogger("wsnic_trio.privsep")
 
 _STOP_TIMEOUT = 30.0
+_DOCS = "docs/security.md"
 
 
 # -- who the server becomes ------------------------------------------------------------
@@ -350,14 +351,16 @@ async def _session(sock: trio.socket.SocketType) -> None:
     sockets = request.args.get("sockets", [])
     replied = False
     try:
-        async with Lan(config) as lan, lan_services(config), trio.open_nursery() as nursery:
-            if not config.disable_dhcp:
-                await nursery.start(serve_dnsmasq, config)
-                await trio.to_thread.run_sync(_hand_over, lease_file_path(config), uid, gid)
-            await _send(sock, Reply(True, {"pid": os.getpid()}))
-            replied = True
-            await _answer_taps(sock, lan)
-            nursery.cancel_scope.cancel()
+        async with Lan(config) as lan:
+            await probe_lan(lan, _DOCS)
+            async with lan_services(config), trio.open_nursery() as nursery:
+                if not config.disable_dhcp:
+                    await nursery.start(serve_dnsmasq, config)
+                    await trio.to_thread.run_sync(_hand_over, lease_file_path(config), uid, gid)
+                await _send(sock, Reply(True, {"pid": os.getpid()}))
+                replied = True
+                await _answer_taps(sock, lan)
+                nursery.cancel_scope.cancel()
     except* (WsnicError, OSError, NetlinkError) as group:
         error = group.exceptions[0]
         while isinstance(error, BaseExceptionGroup):

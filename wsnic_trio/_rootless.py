@@ -33,10 +33,12 @@ from types import TracebackType
 from typing import Self
 
 import trio
+from pyroute2.netlink.exceptions import NetlinkError
 
 from ._config import Config
-from ._exceptions import ConfigError, SetupError
+from ._exceptions import ConfigError, SetupError, WsnicError
 from ._lan import Lan
+from ._nshelper import account_name, keep_bridge_mtu, tap_failure, tun_problem
 from ._nsproto import (
     FD_OPS,
     MAX_MESSAGE,
@@ -59,6 +61,7 @@ __all__ = [
     "has_net_admin",
     "open_backend",
     "pasta_argv",
+    "probe_lan",
     "slirp4netns_argv",
 ]
 
@@ -485,6 +488,27 @@ async def _wait_or_kill(proc: trio.Process) -> None:
     await proc.wait()
 
 
+async def probe_lan(lan: Lan, docs: str) -> None:
+    """Make and remove one TAP, as every client will need one (root mode, and the root
+    helper of ``--user``): a LAN that cannot give any client a TAP (no /dev/net/tun, a
+    container's device rules) refuses to start with one line, instead of the server
+    saying "ready" and failing every client. Rootless mode's helper does the same."""
+    euid = os.geteuid()  # not root: CAP_NET_ADMIN alone, which the mode still binds
+
+    def check() -> str | None:
+        return tun_problem(account_name(euid), docs, mode_matters=euid != 0)
+
+    problem = await trio.to_thread.run_sync(check)
+    if problem is not None:
+        raise SetupError(problem)
+    try:
+        fd, _ = await lan.create_tap()
+        os.close(fd)  # the TAP goes with its only fd
+        await trio.to_thread.run_sync(keep_bridge_mtu, lan.bridge, lan.config.mtu)
+    except (WsnicError, OSError, NetlinkError) as exc:
+        raise SetupError(tap_failure(lan.bridge, exc, docs)) from None
+
+
 @contextlib.asynccontextmanager
 async def open_backend(config: Config) -> AsyncIterator[Lan | RootlessLan]:
     """The LAN for this run, root or rootless (the log says which, and why).
@@ -502,5 +526,7 @@ async def open_backend(config: Config) -> AsyncIterator[Lan | RootlessLan]:
         async with RootlessLan(config) as lan:
             yield lan
     else:
-        async with Lan(config) as lan, lan_services(config):
-            yield lan
+        async with Lan(config) as lan:
+            await probe_lan(lan, "docs/user-guide.md")
+            async with lan_services(config):
+                yield lan
