@@ -195,6 +195,7 @@ class Helper:
         self.sock = sock
         self.unshare_error = unshare_error
         self.user = user  # the account outside the namespace, for error messages
+        self.started = False
         self.config: Config | None = None
         self.rundir: Path | None = None
         self.dnsmasq: _Dnsmasq | None = None
@@ -211,6 +212,9 @@ class Helper:
         if self.config is None:
             return Reply(False, error=f"{request.op} before setup"), None
         if request.op == "start":
+            if self.started:
+                return Reply(False, error="start twice"), None
+            self.started = True  # also when it fails: its NAT rules may be in place
             return self.start(self.config, request), None
         if request.op == "connect":
             return connect(request)
@@ -391,7 +395,7 @@ class Helper:
                 self.restart_at = None
                 try:
                     self._start_dnsmasq()
-                except SetupError as exc:
+                except (SetupError, OSError) as exc:
                     log.error("%s; next try in 5 s", exc)
                     self.restart_at = time.monotonic() + 5.0
             if (
