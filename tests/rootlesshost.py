@@ -11,6 +11,7 @@ the user's uid and no capabilities at all.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.metadata
 import itertools
 import os
@@ -18,6 +19,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -32,18 +34,38 @@ DEBIAN_PYTHON = "/usr/bin/python3"
 _counter = itertools.count()
 
 # Run as root inside the test namespace, in a private mount namespace; then become the
-# user for good (setpriv execs, so the server keeps this process's pid).
+# user for good (setpriv execs, so the server keeps this process's pid). The node is
+# root's, with the mode given ("666" as udev makes it, "600" as some containers have it).
 _STAGE = r"""
 set -eu
 cd /
 mount -t tmpfs -o mode=755,size=64k wsnic-test-dev "$1"
-mknod -m 666 "$1/tun" c 10 200
+mknod -m "$2" "$1/tun" c 10 200
 mount --bind "$1/tun" /dev/net/tun
-uid="$2"; pythonpath="$3"; shift 3
+uid="$3"; pythonpath="$4"; shift 4
 exec setpriv --reuid="$uid" --regid="$uid" --clear-groups \
     env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTHONPATH="$pythonpath" PYTHONUNBUFFERED=1 \
     HOME=/ "$@"
 """
+
+
+# Root, in a private mount namespace: /dev/net holds no tun node ("missing"), or one on
+# a filesystem mounted nodev ("nodev"), which even root may not open: what a container
+# without the device, or with device rules that deny it, looks like to the server.
+_UNUSABLE_TUN = r"""
+set -eu
+mount -t tmpfs -o mode=755,size=64k,nodev wsnic-test-dev /dev/net
+if [ "$1" = nodev ]; then mknod -m 666 /dev/net/tun c 10 200; fi
+shift
+exec "$@"
+"""
+
+
+def with_unusable_tun(kind: str) -> list[str]:
+    """An argv prefix that runs the rest of the argv (as root) with a /dev/net/tun that
+    is ``missing`` or on a ``nodev`` mount, visible only to it and its children."""
+    assert kind in ("missing", "nodev")
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", _UNUSABLE_TUN, "x", kind]
 
 
 def _closure(names: list[str]) -> set[str]:
@@ -150,6 +172,41 @@ def user_pids(uid: int) -> list[int]:
     return found
 
 
+_NS_GET_USERNS = 0xB701
+_NS_GET_OWNER_UID = 0xB704
+
+
+def user_netns(uid: int) -> set[int]:
+    """Inodes of the network namespaces that any process still has and that belong to
+    a user namespace created by ``uid`` (what a rootless helper makes). Other tests'
+    namespaces, running at the same time, are not counted."""
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fd = os.open(f"/proc/{entry}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            inode = os.fstat(fd).st_ino
+            owner_fd = fcntl.ioctl(fd, _NS_GET_USERNS)
+        except OSError:
+            continue  # the initial namespace has no owner we may see, or it just went
+        finally:
+            os.close(fd)
+        try:
+            buf = bytearray(4)
+            fcntl.ioctl(owner_fd, _NS_GET_OWNER_UID, buf, True)
+        except OSError:
+            continue
+        finally:
+            os.close(owner_fd)
+        if int.from_bytes(buf, sys.byteorder) == uid:
+            found.add(inode)
+    return found
+
+
 def run_dirs(uid: int) -> list[Path]:
     """Rootless run directories (made by the helper) that belong to ``uid``."""
     return [p for p in Path(tempfile.gettempdir()).glob("wsnic-trio-*") if p.stat().st_uid == uid]
@@ -187,13 +244,19 @@ def throwaway_user() -> Iterator[ThrowawayUser]:
         subprocess.run(["userdel", name], capture_output=True, check=False)
 
 
-async def start_rootless(
-    ns: NetNS, user: ThrowawayUser, runtime: Path, *args: str, label: str = "wsnic-trio"
+async def launch_rootless(
+    ns: NetNS,
+    user: ThrowawayUser,
+    runtime: Path,
+    *args: str,
+    label: str = "wsnic-trio",
+    tun_mode: str = "666",
 ) -> NsProcess:
-    """Start ``wsnic-trio ARGS`` as ``user`` in ``ns`` and wait until it is ready."""
+    """Start ``wsnic-trio ARGS`` as ``user`` in ``ns``, its /dev/net/tun root's with
+    ``tun_mode``; do not wait for anything."""
     stage = runtime / f"dev{next(_counter)}"
     stage.mkdir(mode=0o755)
-    proc = await ns.start(
+    return await ns.start(
         [
             "unshare",
             "--mount",
@@ -204,6 +267,7 @@ async def start_rootless(
             _STAGE,
             "stage",
             str(stage),
+            tun_mode,
             str(user.uid),
             str(runtime / "site"),
             DEBIAN_PYTHON,
@@ -213,6 +277,13 @@ async def start_rootless(
         ],
         label=label,
     )
+
+
+async def start_rootless(
+    ns: NetNS, user: ThrowawayUser, runtime: Path, *args: str, label: str = "wsnic-trio"
+) -> NsProcess:
+    """Start ``wsnic-trio ARGS`` as ``user`` in ``ns`` and wait until it is ready."""
+    proc = await launch_rootless(ns, user, runtime, *args, label=label)
     await proc.log.wait_for(r"INFO ready: ", timeout=40)
     return proc
 

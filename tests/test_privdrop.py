@@ -34,7 +34,14 @@ from .lanhost import (
     wsnic,
 )
 from .netns import NetNS, NsFactory, NsProcess
-from .rootlesshost import DEBIAN_PYTHON, ThrowawayUser, make_runtime, temp_dir, throwaway_user
+from .rootlesshost import (
+    DEBIAN_PYTHON,
+    ThrowawayUser,
+    make_runtime,
+    temp_dir,
+    throwaway_user,
+    with_unusable_tun,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -208,4 +215,65 @@ async def test_refusals_exit_2(world: NsFactory, runtime: Path) -> None:
         assert b"--group needs --user" in no_user.stderr
         for result in (as_user, unknown, both, no_user):
             assert b"Traceback" not in result.stderr
+    assert snapshot(srv) == before
+
+
+@pytest.mark.parametrize(
+    ("tun", "expected"),
+    [
+        (
+            "missing",
+            "/dev/net/tun is missing: load the tun module (modprobe tun), or pass the device "
+            "into the container (e.g. docker run --device /dev/net/tun); see docs/security.md",
+        ),
+        (
+            "nodev",
+            "/dev/net/tun is not usable by user root (mode 0666): Permission denied; something "
+            "other than its mode denies it (a container's device rules, or a filesystem "
+            "mounted nodev): allow the device (e.g. docker run --device /dev/net/tun); see "
+            "docs/security.md",
+        ),
+    ],
+)
+async def test_unusable_tun_is_refused_at_start(
+    world: NsFactory, runtime: Path, tun: str, expected: str
+) -> None:
+    """With --user the root helper makes every TAP, so the mode of /dev/net/tun does not
+    matter, but a device even root cannot use does. The helper tries one TAP while it
+    builds the LAN, so the server does not say "ready" and then fail every client: it
+    exits with code 2 and one line naming the problem, the namespace is exactly as
+    before (no bridge, nft table, ip_forward change, dnsmasq or run directory), the
+    root-owned API socket file is gone and no process of the user is left."""
+    srv = _server_ns(world)
+    api_sock = runtime / "api.sock"
+    before = snapshot(srv)
+    with throwaway_user() as user:
+        server = await srv.start(
+            [
+                *with_unusable_tun(tun),
+                DEBIAN_PYTHON,
+                "-m",
+                "wsnic_trio",
+                "--user",
+                user.name,
+                "-a",
+                "0.0.0.0",
+                "-i",
+                "--api",
+                f"unix:{api_sock}",
+            ],
+            label="wsnic-trio",
+            env={"PYTHONPATH": str(runtime / "site")},
+        )
+        await server.log.wait_for(r"wsnic-trio: error: | ready: ", timeout=40)
+        assert not server.log.find(r"\bready\b"), server.log.text()
+        assert await server.wait() == 2, server.log.text()
+        problems = [
+            line
+            for line in server.log.lines
+            if re.search(r"error|ERROR|WARNING|Traceback|Exception", line)
+        ]
+        assert problems == [f"wsnic-trio: error: {expected}"], server.log.text()
+        assert not api_sock.exists()
+        assert not user.pids()
     assert snapshot(srv) == before

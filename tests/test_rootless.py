@@ -9,6 +9,7 @@ DHCP client. What each test proves is in its docstring.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,11 +30,13 @@ from .rootlesshost import (
     DEBIAN_PYTHON,
     ThrowawayUser,
     helper_pid,
+    launch_rootless,
     make_runtime,
     run_dirs,
     start_rootless,
     temp_dir,
     throwaway_user,
+    user_netns,
 )
 from .test_forward import tcp_roundtrip, udp_roundtrip
 
@@ -357,3 +360,56 @@ async def test_config_unusable_in_rootless_mode(world: NsFactory, runtime: Path)
         assert result.returncode == 2, result.stderr.decode()
         assert b"--inet-iface has no meaning in rootless mode" in result.stderr
         assert not user.pids()
+
+
+@pytest.mark.parametrize("uplink", [[], ["--enable-inet"]], ids=["no-uplink", "slirp4netns"])
+async def test_unusable_tun_is_refused_at_start(
+    world: NsFactory, runtime: Path, uplink: list[str]
+) -> None:
+    """A /dev/net/tun the user may not open (root's, mode 0600, as in containers without
+    udev): the server does not say "ready" and then fail every client (nor leave it to
+    slirp4netns to fail obscurely); it refuses to start with exit code 2 and one error
+    line that says what failed, for whom and what to do, and leaves nothing behind: no
+    process, namespace, run directory, API socket file or listening port."""
+    server_ns = world.new("srv")
+    api_dir = runtime / "api"
+    api_dir.mkdir()
+    api_sock = api_dir / "api.sock"
+    with throwaway_user() as user:
+        os.chown(api_dir, user.uid, user.uid)
+        server = await launch_rootless(
+            server_ns,
+            user,
+            runtime,
+            "--ws-address",
+            "0.0.0.0",
+            *uplink,
+            "--api",
+            f"unix:{api_sock}",
+            tun_mode="600",
+        )
+        await server.log.wait_for(r"wsnic-trio: error: | ready: ", timeout=40)
+        assert not server.log.find(r"\bready\b"), server.log.text()
+        assert await server.wait() == 2, server.log.text()
+        problems = [
+            line
+            for line in server.log.lines
+            if re.search(r"error|ERROR|WARNING|Traceback|Exception", line)
+        ]
+        assert problems == [
+            f"wsnic-trio: error: /dev/net/tun is not usable by user {user.name} (mode 0600): "
+            "Permission denied; make it usable by every user as udev does: chmod 0666 "
+            "/dev/net/tun (the driver checks the rest itself), or pass it into the container "
+            "with that mode; see docs/rootless.md"
+        ], server.log.text()
+        with trio.move_on_after(20):  # only a bound: the server waits for its helper
+            while user.pids():
+                await trio.sleep(0.1)
+        left = [f"process {pid}: {describe_process(pid)}" for pid in user.pids()]
+        left += [f"network namespace net:[{inode}]" for inode in user_netns(user.uid)]
+        left += [f"run directory {path}" for path in run_dirs(user.uid)]
+        if api_sock.exists():
+            left.append(f"API socket file {api_sock}")
+        if not _port_free(server_ns, 8086):
+            left.append("listening port 8086")
+        assert not left, server.log.text()

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 import trio
 
-from wsnic_trio import Config, ConfigError
+from wsnic_trio import Config, ConfigError, _nshelper, _rootless
 from wsnic_trio._cli import config_from_args
-from wsnic_trio._exceptions import WsnicError
+from wsnic_trio._exceptions import SetupError, WsnicError
 from wsnic_trio._nat import NatPlan, TableNote, build_ruleset
-from wsnic_trio._nshelper import connect
+from wsnic_trio._nshelper import Helper, connect
 from wsnic_trio._nsproto import (
     MAX_MESSAGE,
     HelperProtocolError,
@@ -289,3 +291,213 @@ def test_helper_ruleset_forwards_between_ports_and_allows_host() -> None:
     forward = text[text.index("chain forward") :]
     assert forward.index('iifname "wsbr0" oifname "wsbr0" accept') < forward.index("drop")
     assert "10.0.2.2/32" in text
+
+
+_NEVER_READY = """
+import os, sys
+exit_fd = int(next(a for a in sys.argv if a.startswith("--exit-fd=")).partition("=")[2])
+print("fake slirp4netns: started, never ready", file=sys.stderr, flush=True)
+os.read(exit_fd, 1)  # blocks until the server closes the other end (EOF), then exits 0
+"""
+
+
+async def test_slirp4netns_that_never_reports_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slirp4netns that runs but never writes to its ready fd: start-up fails with a
+    SetupError that names slirp4netns (not an UnboundLocalError), and stopping the LAN
+    ends that slirp4netns through its exit fd."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "slirp4netns"
+    fake.write_text(f"#!{sys.executable}\n{_NEVER_READY}")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(_rootless, "_UPLINK_TIMEOUT", 0.2)
+    lan = RootlessLan(Config(enable_inet=True))
+    lan.helper_pid = os.getpid()
+    lan.rundir = tmp_path
+    try:
+        with pytest.raises(SetupError, match=r"^slirp4netns did not report ready within 0\.2 s"):
+            await lan._start_uplink()
+        assert lan._uplink is not None and lan._uplink.proc is not None
+        proc = lan._uplink.proc
+    finally:
+        await lan._stop()
+    assert proc.returncode == 0  # it read EOF on --exit-fd: stopped, not killed
+
+
+# -- malformed requests cost only that request ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_", "why"),
+    [
+        (Request("setup", {"config": [1]}), "bad config"),
+        (Request("setup", {"config": {"bridge": {"x": 1}}}), "bad config"),
+        (Request("setup", {"config": {}, "owner": [0]}), "bad owner"),
+        (Request("setup", {"config": {}, "owner": [True, 0]}), "bad owner"),
+        (Request("setup", {"config": {}, "sockets": 5}), "bad sockets"),
+        (Request("setup", {"config": {}, "sockets": [["/x", 1]]}), "bad sockets"),
+        (Request("start", {"uplink": 7}), "bad uplink"),
+        (Request("start", {"uplink": "tap0; rm -rf /"}), "bad uplink"),
+        (Request("start", {"uplink": "tap0", "host_address": "10.0.2"}), "bad host_address"),
+        (Request("start", {"uplink": "tap0", "host_address": 167772674}), "bad host_address"),
+        (Request("tap", {"name": "eth0"}), "unknown argument"),
+        (Request("connect", {"protocol": "tcp", "host": "10.0.0.1", "port": 1, "x": 1}), "unknown"),
+    ],
+)
+def test_malformed_arguments_are_refused(request_: Request, why: str) -> None:
+    """Every argument of every request is checked by name and type when decoded, so no
+    handler (one of them root's, with --user) ever sees a malformed one."""
+    data = json.dumps({"op": request_.op, "args": dict(request_.args)}).encode()
+    with pytest.raises(HelperProtocolError, match=why):
+        decode_request(data)
+    with pytest.raises(HelperProtocolError, match=why):
+        encode_request(request_)
+
+
+def test_requests_the_server_sends_are_valid() -> None:
+    config = config_from_args(["--enable-inet", "--forward", "127.0.0.1:2222=web:22"])
+    for request_ in (
+        Request("setup", {"config": config_to_wire(config)}),
+        Request("setup", {"config": {}, "owner": [1000, 1000], "sockets": [["/run/a", 5, 9]]}),
+        Request("start", {"uplink": "tap0", "host_address": "10.0.2.2"}),
+        Request("start", {"uplink": None, "host_address": None}),
+    ):
+        assert decode_request(encode_request(request_)) == request_
+
+
+def _helper_pair() -> tuple[socket.socket, Helper]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.settimeout(10)
+    return ours, Helper(theirs, None, "tester")
+
+
+def _ask(ours: socket.socket, helper: Helper, data: bytes) -> Reply:
+    ours.send(data)
+    assert helper._one_request()
+    return decode_reply(ours.recv(MAX_MESSAGE + 1))
+
+
+@pytest.fixture
+def handled(monkeypatch: pytest.MonkeyPatch) -> list[Request]:
+    """The helper's handlers replaced by stubs that only record what reached them: these
+    tests run in the host's namespace, where a real handler must never build anything."""
+    seen: list[Request] = []
+
+    def record(request: Request) -> Reply:
+        seen.append(request)
+        return Reply(True, {"handled": request.op})
+
+    monkeypatch.setattr(Helper, "setup", lambda self, request: record(request))
+    monkeypatch.setattr(Helper, "start", lambda self, config, request: record(request))
+    monkeypatch.setattr(Helper, "tap", lambda self, config: (record(Request("tap")), None))
+    monkeypatch.setattr(_nshelper, "connect", lambda request: (record(request), None))
+    return seen
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"op": "setup", "args": {"config": [1]}}',
+        b'{"op": "setup", "args": {"config": "wsbr0"}}',
+        b'{"op": "setup", "args": {"config": {}, "sockets": 5}}',
+        b'{"op": "start", "args": {"uplink": "tap0", "host_address": "bogus"}}',
+        b'{"op": "tap", "args": {"fd": 0}}',
+        b'{"op": "connect", "args": {"protocol": "tcp", "host": "10.0.0.1", "port": 99999}}',
+        b'{"op": "connect", "args": {"protocol": "tcp", "ho',  # truncated
+        b'{"op": "tap", "args": {}}' + b" " * (2 * MAX_MESSAGE),  # oversized
+        b"\x00\xff",
+    ],
+)
+def test_rootless_helper_survives_a_malformed_request(data: bytes, handled: list[Request]) -> None:
+    """The rootless helper answers a malformed, truncated or oversized request with an
+    error reply before any handler sees it, and keeps serving: the next request on the
+    same socket is handled."""
+    ours, helper = _helper_pair()
+    helper.config = Config()  # as after setup
+    with ours, helper.sock:
+        reply = _ask(ours, helper, data)
+        assert not reply.ok and reply.error, reply
+        assert handled == []
+        assert _ask(ours, helper, encode_request(Request("tap"))) == Reply(True, {"handled": "tap"})
+
+
+def test_rootless_helper_refuses_a_second_start() -> None:
+    ours, helper = _helper_pair()
+    helper.config = Config(disable_dhcp=True)
+    with ours, helper.sock:
+        start = encode_request(Request("start", {"uplink": None, "host_address": None}))
+        assert _ask(ours, helper, start) == Reply(True)
+        assert _ask(ours, helper, start) == Reply(False, error="start twice")
+
+
+def test_fds_sent_to_the_helper_are_not_kept() -> None:
+    """File descriptors attached to a request (a foreign or broken server) are dropped
+    by the kernel when the helper reads the request: the helper ends up holding none."""
+    ours, helper = _helper_pair()
+    r, w = os.pipe()
+    with ours, helper.sock:
+        socket.send_fds(ours, [encode_request(Request("tap", {}))], [w])
+        os.close(w)
+        assert helper._one_request()
+        reply = decode_reply(ours.recv(MAX_MESSAGE + 1))
+        assert not reply.ok and reply.error == "tap before setup"
+        # The only other copy of the write end was in flight: the pipe reads EOF now.
+        assert os.read(r, 1) == b""
+    os.close(r)
+
+
+def test_server_gone_mid_request() -> None:
+    """The server closes its end before the reply: the helper stops serving (its
+    clean-up then ends the LAN) and does not raise."""
+    ours, helper = _helper_pair()
+    with helper.sock:
+        ours.send(encode_request(Request("tap", {})))
+        ours.close()
+        assert not helper._one_request()
+
+
+async def test_server_helper_reply_that_breaks_the_protocol() -> None:
+    """A reply the server cannot decode costs that request only (HelperProtocolError,
+    any fds it carried closed); the next request on the same LAN is answered."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    lan = RootlessLan(Config())
+    lan._sock = trio.socket.from_stdlib_socket(ours)
+    r, w = os.pipe()
+    with lan._sock, trio.socket.from_stdlib_socket(theirs) as helper_end:
+        async with trio.open_nursery() as nursery:
+
+            async def answer() -> None:
+                await helper_end.recv(MAX_MESSAGE + 1)
+                await helper_end.sendmsg(
+                    [b"{not json"],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, w.to_bytes(4, "little"))],
+                )
+                await helper_end.recv(MAX_MESSAGE + 1)
+                await helper_end.send(encode_reply(Reply(True, {"rundir": "/x"})))
+
+            nursery.start_soon(answer)
+            with pytest.raises(HelperProtocolError, match="not a JSON message"):
+                await lan._call(Request("tap"))
+            os.close(w)
+            assert os.read(r, 1) == b""  # the fd that came with the bad reply was closed
+            assert await lan._call(Request("setup", {"config": {}})) == Reply(
+                True, {"rundir": "/x"}
+            )
+    os.close(r)
+
+
+def test_rootless_helper_answers_a_setup_whose_error_would_not_fit() -> None:
+    """A set-up request of nearly MAX_MESSAGE bytes whose bad value the error quotes:
+    the helper still replies (the error is cut short) instead of failing to encode its
+    reply and exiting. The config is refused before the helper would build anything."""
+    ours, helper = _helper_pair()
+    bad = {"config": {"dhcp_nameserver": "x" * (MAX_MESSAGE - 100)}}
+    with ours, helper.sock:
+        reply = _ask(ours, helper, encode_request(Request("setup", bad)))
+        assert not reply.ok, reply
+        assert reply.error.startswith("rootless helper request: dhcp_nameserver: 'xxx")
+        assert reply.error.endswith("...") and len(reply.error) < MAX_MESSAGE // 4
+        assert helper.config is None and helper.rundir is None

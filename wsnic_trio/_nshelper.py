@@ -7,7 +7,9 @@ mount namespace, maps its own uid and gid to root there, and mounts a sysfs that
 its own network namespace. As that namespace's root it builds the bridge, the NAT
 rules and dnsmasq, and creates a TAP for each peer on request, passing the fd to the
 server over the seqpacket socket ``FD`` (see ``_nsproto``) and keeping no copy: a TAP
-lives exactly as long as the server's fd.
+lives exactly as long as the server's fd. At ``setup`` it makes and removes one TAP
+first, so that a /dev/net/tun the user may not open stops start-up with one line
+(the server exits 2) instead of failing every client later.
 
 Lifetime: the helper ignores terminal signals (it runs in its own session anyway) and
 exits when its socket reads EOF, which is also what happens when the server is killed
@@ -28,10 +30,12 @@ import errno
 import ipaddress
 import logging
 import os
+import pwd
 import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -59,7 +63,14 @@ from ._nsproto import (
 )
 from ._sysctl import IP_FORWARD, write_sysctl
 
-__all__ = ["enter_namespaces", "main"]
+__all__ = [
+    "account_name",
+    "enter_namespaces",
+    "keep_bridge_mtu",
+    "main",
+    "tap_failure",
+    "tun_problem",
+]
 
 log = logging.getLogger("wsnic_trio.nshelper")
 
@@ -73,6 +84,8 @@ _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 5.0
 _CARRIER_TIMEOUT = 3.0
 _TAIL = 12
+TUN = "/dev/net/tun"
+ROOTLESS_DOCS = "docs/rootless.md"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -100,6 +113,70 @@ def enter_namespaces() -> None:
     _check(_libc.mount(b"sysfs", b"/sys", b"sysfs", 0, None), "mount sysfs")
 
 
+def account_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def tun_problem(user: str, docs: str, *, mode_matters: bool) -> str | None:
+    """Why ``user`` cannot open /dev/net/tun here, and what to do; None if it can.
+
+    Tried once at start-up, where the TAPs will be made, so that a LAN no client could
+    join refuses to start with one line instead of starting and failing every client.
+    ``mode_matters`` is False for real root, whom the mode does not stop.
+    """
+    try:
+        fd = os.open(TUN, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.ENOENT:
+            return (
+                f"{TUN} is missing: load the tun module (modprobe tun), or pass the device "
+                f"into the container (e.g. docker run --device {TUN}); see {docs}"
+            )
+        if exc.errno in (errno.ENXIO, errno.ENODEV):
+            return f"{TUN} does not reach the TUN/TAP driver ({why}): modprobe tun; see {docs}"
+        if exc.errno not in (errno.EACCES, errno.EPERM):
+            return f"{TUN} cannot be opened by user {user}: {why}; see {docs}"
+        try:
+            mode: int | None = stat.S_IMODE(os.stat(TUN).st_mode)
+        except OSError:
+            mode = None
+        shown = "" if mode is None else f" (mode {mode:04o})"
+        if mode_matters and mode is not None and mode & 0o006 != 0o006:
+            what = (
+                f"make it usable by every user as udev does: chmod 0666 {TUN} (the driver "
+                "checks the rest itself), or pass it into the container with that mode"
+            )
+        else:
+            what = (
+                "something other than its mode denies it (a container's device rules, or a "
+                f"filesystem mounted nodev): allow the device (e.g. docker run --device {TUN})"
+            )
+        return f"{TUN} is not usable by user {user}{shown}: {why}; {what}; see {docs}"
+    os.close(fd)
+    return None
+
+
+def keep_bridge_mtu(bridge: str, mtu: int) -> None:
+    """Give the bridge its MTU back after the trial TAP, and for good.
+
+    A bridge whose MTU was only given at creation follows its ports: when the last one
+    goes (the trial TAP at start-up, or the last client later) the kernel sets it to
+    1500. An MTU set on the existing bridge counts as the administrator's and stays.
+    """
+    with IPRoute() as ipr:
+        ipr.link("set", index=socket.if_nametoindex(bridge), mtu=mtu)
+
+
+def tap_failure(bridge: str, exc: BaseException, docs: str) -> str:
+    """The start-up error when /dev/net/tun opens but the trial TAP still fails."""
+    why = f"netlink: {os.strerror(exc.code)}" if isinstance(exc, NetlinkError) else str(exc)
+    return f"cannot put a TAP on bridge {bridge}, so no client could join ({why}); see {docs}"
+
+
 def _set_pdeathsig() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
@@ -114,9 +191,11 @@ class _Dnsmasq:
 class Helper:
     """The request handlers and the little state the helper keeps."""
 
-    def __init__(self, sock: socket.socket, unshare_error: str | None) -> None:
+    def __init__(self, sock: socket.socket, unshare_error: str | None, user: str) -> None:
         self.sock = sock
         self.unshare_error = unshare_error
+        self.user = user  # the account outside the namespace, for error messages
+        self.started = False
         self.config: Config | None = None
         self.rundir: Path | None = None
         self.dnsmasq: _Dnsmasq | None = None
@@ -133,6 +212,9 @@ class Helper:
         if self.config is None:
             return Reply(False, error=f"{request.op} before setup"), None
         if request.op == "start":
+            if self.started:
+                return Reply(False, error="start twice"), None
+            self.started = True  # also when it fails: its NAT rules may be in place
             return self.start(self.config, request), None
         if request.op == "connect":
             return connect(request)
@@ -154,6 +236,7 @@ class Helper:
         _netlink.create_bridge(
             config.bridge, BRIDGE_MAC, address, config.mtu, _netlink.owner_alias("bridge")
         )
+        self.probe(config)
         if config.enable_inet:
             write_sysctl(IP_FORWARD, "1")  # this namespace's own forwarding switch
         log.info(
@@ -203,15 +286,21 @@ class Helper:
             self._start_dnsmasq()
         return Reply(True)
 
+    def probe(self, config: Config) -> None:
+        """Make and remove one TAP as a client will need it (SetupError if that fails):
+        the server must not say "ready" when every client would fail."""
+        problem = tun_problem(self.user, ROOTLESS_DOCS, mode_matters=True)
+        if problem is not None:
+            raise SetupError(problem)
+        try:
+            fd, _ = _create_tap(config)
+            os.close(fd)  # the TAP goes with its only fd
+            keep_bridge_mtu(config.bridge, config.mtu)
+        except (WsnicError, OSError, NetlinkError) as exc:
+            raise SetupError(tap_failure(config.bridge, exc, ROOTLESS_DOCS)) from None
+
     def tap(self, config: Config) -> tuple[Reply, int | None]:
-        queued = config.max_queued_bytes
-        fd, name = _netlink.create_tap_on_bridge(
-            config.tap_prefix + "%d",
-            config.bridge,
-            config.mtu,
-            _netlink.owner_alias("tap"),
-            txqlen=max(8, queued // config.max_frame) if queued else None,
-        )
+        fd, name = _create_tap(config)
         deadline = time.monotonic() + _CARRIER_TIMEOUT
         while not (_forwarding(name) and _bridge_up(config.bridge)):
             if time.monotonic() > deadline:
@@ -306,7 +395,7 @@ class Helper:
                 self.restart_at = None
                 try:
                     self._start_dnsmasq()
-                except SetupError as exc:
+                except (SetupError, OSError) as exc:
                     log.error("%s; next try in 5 s", exc)
                     self.restart_at = time.monotonic() + 5.0
             if (
@@ -353,6 +442,17 @@ class Helper:
             shutil.rmtree(self.rundir, ignore_errors=True)
 
 
+def _create_tap(config: Config) -> tuple[int, str]:
+    queued = config.max_queued_bytes
+    return _netlink.create_tap_on_bridge(
+        config.tap_prefix + "%d",
+        config.bridge,
+        config.mtu,
+        _netlink.owner_alias("tap"),
+        txqlen=max(8, queued // config.max_frame) if queued else None,
+    )
+
+
 def connect(request: Request) -> tuple[Reply, int | None]:
     """A socket connected from this namespace (the remote side of a port forward).
 
@@ -387,6 +487,7 @@ def main(argv: list[str]) -> int:
     # SIGTERM (from an operator or a test's cleanup): exit through the same cleanup.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     sock = socket.socket(fileno=int(argv[0]))
+    user = account_name(os.getuid())  # before the namespace maps it to root
     error: str | None = None
     try:
         enter_namespaces()
@@ -395,7 +496,7 @@ def main(argv: list[str]) -> int:
             f"cannot create a user namespace ({exc.strerror or exc}); unprivileged user "
             "namespaces may be disabled or restricted here: see docs/rootless.md"
         )
-    helper = Helper(sock, error)
+    helper = Helper(sock, error, user)
     try:
         helper.serve()
     finally:

@@ -22,8 +22,10 @@ the single-threaded helper never waits for a remote host.
     ...                                      EOF: stop dnsmasq, exit (the namespace goes)
 
 This module is sans-IO: it turns requests and replies into bytes and back, checks
-them, and converts a :class:`~wsnic_trio.Config` to plain JSON values that
-:meth:`Config.from_mapping` reads back. Both sides share it; it imports no sockets.
+them (every argument of every request has a known name and type, so a malformed request
+is refused here, as one error reply, and no handler ever sees it), and converts a
+:class:`~wsnic_trio.Config` to plain JSON values that :meth:`Config.from_mapping` reads
+back. Both sides share it; it imports no sockets.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._config import OPTIONS, Config
@@ -59,6 +62,8 @@ OPS = ("setup", "start", "tap", "connect")
 #: Requests whose reply carries one file descriptor.
 FD_OPS = ("tap", "connect")
 PROTOCOLS = ("tcp", "udp")
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_MAX_ERROR = 4000  # characters of an error reply: at most 16 KB of UTF-8
 
 
 class HelperProtocolError(WsnicError):
@@ -99,26 +104,105 @@ def _load(data: bytes) -> dict[str, Any]:
     return obj
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_config(value: Any) -> bool:
+    """Option values as :func:`config_to_wire` writes them: strings, flags, counts and
+    lists of strings (Config.from_mapping checks each one further)."""
+    return isinstance(value, dict) and all(
+        isinstance(key, str)
+        and (
+            isinstance(item, str | bool | int)
+            or (isinstance(item, list) and all(isinstance(x, str) for x in item))
+        )
+        for key, item in value.items()
+    )
+
+
+def _is_owner(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 0 for v in value)
+
+
+def _is_sockets(value: Any) -> bool:
+    """(path, dev, inode) of each unix socket file the server bound (``--user``)."""
+    return isinstance(value, list) and all(
+        isinstance(entry, list)
+        and len(entry) == 3
+        and isinstance(entry[0], str)
+        and _is_int(entry[1])
+        and _is_int(entry[2])
+        for entry in value
+    )
+
+
+def _is_ifname(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and _IFNAME.fullmatch(value) is not None)
+
+
+def _is_ipv4(value: Any) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False  # IPv4Address() would take an int too
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _any(value: Any) -> bool:
+    return True  # checked as a whole by connect_args
+
+
+#: The arguments each request may carry, and what each must look like.
+_ARGS: dict[str, dict[str, Callable[[Any], bool]]] = {
+    "setup": {"config": _is_config, "owner": _is_owner, "sockets": _is_sockets},
+    "start": {"uplink": _is_ifname, "host_address": _is_ipv4},
+    "tap": {},
+    "connect": {"protocol": _any, "host": _any, "port": _any},
+}
+
+
+def _check_request(op: Any, args: Any) -> Request:
+    if op not in OPS:
+        raise HelperProtocolError(f"unknown request {op!r:.40}")
+    if not isinstance(args, dict):
+        raise HelperProtocolError("request args must be an object")
+    allowed = _ARGS[op]
+    for key, value in args.items():
+        check = allowed.get(key)
+        if check is None:
+            raise HelperProtocolError(f"{op}: unknown argument {key!r:.40}")
+        if not check(value):
+            raise HelperProtocolError(f"{op}: bad {key} {value!r:.60}")
+    request = Request(op, args)
+    if op == "connect":
+        connect_args(request)
+    return request
+
+
 def encode_request(request: Request) -> bytes:
-    if request.op not in OPS:
-        raise HelperProtocolError(f"unknown request {request.op!r}")
+    _check_request(request.op, dict(request.args))
     return _dump({"op": request.op, "args": dict(request.args)})
 
 
 def decode_request(data: bytes) -> Request:
     obj = _load(data)
-    op, args = obj.get("op"), obj.get("args", {})
-    if op not in OPS:
-        raise HelperProtocolError(f"unknown request {op!r}")
-    if not isinstance(args, dict):
-        raise HelperProtocolError("request args must be an object")
-    return Request(op, args)
+    return _check_request(obj.get("op"), obj.get("args", {}))
 
 
 def encode_reply(reply: Reply) -> bytes:
     if reply.ok:
         return _dump({"ok": True, "values": dict(reply.values)})
-    return _dump({"ok": False, "error": reply.error or "unknown error"})
+    # An error may quote the request (a bad config value): cut it, so that the reply to
+    # a request of nearly MAX_MESSAGE bytes still fits and is sent.
+    error = reply.error or "unknown error"
+    if len(error) > _MAX_ERROR:
+        error = error[:_MAX_ERROR] + "..."
+    return _dump({"ok": False, "error": error})
 
 
 def decode_reply(data: bytes) -> Reply:

@@ -7,9 +7,10 @@ helper as rootless mode, but it stays real root in the server's own network name
 with its leftover detection and "not ours" refusal, :func:`lan_services` with NAT and
 the ``ip_forward`` record and restore, the supervised dnsmasq with its restarts), and
 hands the server a TAP fd per peer over the seqpacket socket, exactly as in rootless
-mode (``_nsproto``). Then the server drops every privilege for good: supplementary
-groups, gid, uid (glibc applies ``setuid`` to every thread, which matters because Trio
-makes netlink calls from worker threads), and checks that no thread kept a
+mode (``_nsproto``); it tries one TAP before it reports the LAN ready, and after set-up
+it answers nothing but ``tap``. Then the server drops every privilege for good:
+supplementary groups, gid, uid (glibc applies ``setuid`` to every thread, which matters
+because Trio makes netlink calls from worker threads), and checks that no thread kept a
 capability and that ``setuid(0)`` fails.
 
 Capabilities are per thread and the server would need more than ``CAP_NET_ADMIN``
@@ -37,7 +38,7 @@ import stat
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from pyroute2.netlink.exceptions import NetlinkError
@@ -57,7 +58,7 @@ from ._nsproto import (
     decode_request,
     encode_reply,
 )
-from ._rootless import HelperLan
+from ._rootless import HelperLan, probe_lan
 from ._services import lan_services
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
 log = logging.getLogger("wsnic_trio.privsep")
 
 _STOP_TIMEOUT = 30.0
+_DOCS = "docs/security.md"
 
 
 # -- who the server becomes ------------------------------------------------------------
@@ -283,19 +285,36 @@ def _hand_over(path: Path, uid: int, gid: int) -> None:
 
 
 def _remove_sockets(sockets: Sequence[Any]) -> None:
-    """Remove the server's unix socket files if they are still the ones it bound."""
+    """Remove the server's unix socket files if they are still the ones it bound.
+
+    The check and the unlink go through one open directory: after the drop the server's
+    user may own a directory on a socket's path, and a path looked up twice can be
+    switched in between (a symlink to another directory) to make root unlink a file of
+    the same name somewhere else.
+    """
     for entry in sockets:
         try:
             path, dev, ino = str(entry[0]), int(entry[1]), int(entry[2])
-            st = os.lstat(path)
-        except (OSError, ValueError, TypeError, IndexError):
+        except (ValueError, TypeError, IndexError):
             continue
-        if stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == (dev, ino):
+        parent, name = os.path.split(os.path.abspath(path))
+        try:
+            dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISSOCK(st.st_mode) or (st.st_dev, st.st_ino) != (dev, ino):
+                continue
             with contextlib.suppress(OSError):
-                os.unlink(path)
-            if os.path.dirname(os.path.abspath(path)) == str(RUN_ROOT):
-                with contextlib.suppress(OSError):
-                    RUN_ROOT.rmdir()  # only when empty
+                os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            continue
+        finally:
+            os.close(dir_fd)
+        if parent == str(RUN_ROOT):
+            with contextlib.suppress(OSError):
+                RUN_ROOT.rmdir()  # only when empty
 
 
 async def _send(sock: trio.socket.SocketType, reply: Reply, fd: int | None = None) -> None:
@@ -306,7 +325,13 @@ async def _send(sock: trio.socket.SocketType, reply: Reply, fd: int | None = Non
         await sock.sendmsg([encode_reply(reply)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
 
 
-async def _answer_taps(sock: trio.socket.SocketType, lan: Lan) -> None:
+class _TapMaker(Protocol):
+    """All that answering requests needs of the LAN (tests pass a stand-in)."""
+
+    async def create_tap(self) -> tuple[int, str]: ...
+
+
+async def _answer_taps(sock: trio.socket.SocketType, lan: _TapMaker) -> None:
     """Answer ``tap`` requests until the server's end of the socket closes."""
     while True:
         data = await sock.recv(MAX_MESSAGE + 1)
@@ -350,14 +375,16 @@ async def _session(sock: trio.socket.SocketType) -> None:
     sockets = request.args.get("sockets", [])
     replied = False
     try:
-        async with Lan(config) as lan, lan_services(config), trio.open_nursery() as nursery:
-            if not config.disable_dhcp:
-                await nursery.start(serve_dnsmasq, config)
-                await trio.to_thread.run_sync(_hand_over, lease_file_path(config), uid, gid)
-            await _send(sock, Reply(True, {"pid": os.getpid()}))
-            replied = True
-            await _answer_taps(sock, lan)
-            nursery.cancel_scope.cancel()
+        async with Lan(config) as lan:
+            await probe_lan(lan, _DOCS)
+            async with lan_services(config), trio.open_nursery() as nursery:
+                if not config.disable_dhcp:
+                    await nursery.start(serve_dnsmasq, config)
+                    await trio.to_thread.run_sync(_hand_over, lease_file_path(config), uid, gid)
+                await _send(sock, Reply(True, {"pid": os.getpid()}))
+                replied = True
+                await _answer_taps(sock, lan)
+                nursery.cancel_scope.cancel()
     except* (WsnicError, OSError, NetlinkError) as group:
         error = group.exceptions[0]
         while isinstance(error, BaseExceptionGroup):

@@ -34,11 +34,13 @@ from types import TracebackType
 from typing import Self
 
 import trio
+from pyroute2.netlink.exceptions import NetlinkError
 
 from ._config import Config
 from ._dnsmasq import describe_dns, uses_host_resolvers
-from ._exceptions import ConfigError, SetupError
+from ._exceptions import ConfigError, SetupError, WsnicError
 from ._lan import Lan
+from ._nshelper import account_name, keep_bridge_mtu, tap_failure, tun_problem
 from ._nsproto import (
     FD_OPS,
     MAX_MESSAGE,
@@ -61,6 +63,7 @@ __all__ = [
     "has_net_admin",
     "open_backend",
     "pasta_argv",
+    "probe_lan",
     "slirp4netns_argv",
     "uplink_dns",
 ]
@@ -433,14 +436,20 @@ class RootlessLan(HelperLan):
             os.close(ready_w)
             os.close(exit_r)
         ready = trio.lowlevel.FdStream(ready_r)
+        got = b""  # also what a timeout leaves
         try:
-            with trio.move_on_after(_UPLINK_TIMEOUT):
+            with trio.move_on_after(_UPLINK_TIMEOUT) as waited:
                 got = await ready.receive_some(16)
         finally:
             await ready.aclose()
         if not got.startswith(b"1"):
             text = await trio.to_thread.run_sync(_tail, log_path)
-            raise SetupError(f"slirp4netns did not come up: {text or 'no output'}")
+            what = (
+                f"did not report ready within {_UPLINK_TIMEOUT:g} s"
+                if waited.cancelled_caught
+                else "did not come up"
+            )
+            raise SetupError(f"slirp4netns {what}: {text or 'no output'}")
         log.info(
             "uplink: slirp4netns (pid %d)%s",
             self._uplink.proc.pid,
@@ -519,6 +528,27 @@ async def _wait_or_kill(proc: trio.Process) -> None:
     await proc.wait()
 
 
+async def probe_lan(lan: Lan, docs: str) -> None:
+    """Make and remove one TAP, as every client will need one (root mode, and the root
+    helper of ``--user``): a LAN that cannot give any client a TAP (no /dev/net/tun, a
+    container's device rules) refuses to start with one line, instead of the server
+    saying "ready" and failing every client. Rootless mode's helper does the same."""
+    euid = os.geteuid()  # not root: CAP_NET_ADMIN alone, which the mode still binds
+
+    def check() -> str | None:
+        return tun_problem(account_name(euid), docs, mode_matters=euid != 0)
+
+    problem = await trio.to_thread.run_sync(check)
+    if problem is not None:
+        raise SetupError(problem)
+    try:
+        fd, _ = await lan.create_tap()
+        os.close(fd)  # the TAP goes with its only fd
+        await trio.to_thread.run_sync(keep_bridge_mtu, lan.bridge, lan.config.mtu)
+    except (WsnicError, OSError, NetlinkError) as exc:
+        raise SetupError(tap_failure(lan.bridge, exc, docs)) from None
+
+
 @contextlib.asynccontextmanager
 async def open_backend(config: Config) -> AsyncIterator[Lan | RootlessLan]:
     """The LAN for this run, root or rootless (the log says which, and why).
@@ -536,5 +566,7 @@ async def open_backend(config: Config) -> AsyncIterator[Lan | RootlessLan]:
         async with RootlessLan(config) as lan:
             yield lan
     else:
-        async with Lan(config) as lan, lan_services(config):
-            yield lan
+        async with Lan(config) as lan:
+            await probe_lan(lan, "docs/user-guide.md")
+            async with lan_services(config):
+                yield lan
