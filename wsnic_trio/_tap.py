@@ -38,8 +38,14 @@ def open_tap_fd(name: str) -> tuple[int, str]:
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
+        hint = {
+            errno.ENOENT: " (is the tun module loaded?)",
+            errno.ENODEV: " (is the tun module loaded?)",
+            errno.EACCES: " (the device's mode or a container's device rules refuse it)",
+            errno.EPERM: " (the device's mode or a container's device rules refuse it)",
+        }.get(exc.errno or 0, "")
         raise _exhausted(exc) or SetupError(
-            f"cannot open /dev/net/tun: {exc.strerror} (is the tun module loaded?)"
+            f"cannot open /dev/net/tun: {exc.strerror}{hint}"
         ) from None
     try:
         ifr = struct.pack("16sH22x", name.encode(), _IFF_TAP | _IFF_NO_PI)
