@@ -45,9 +45,14 @@ async def api(
     raw: bytes | None = None,
     headers: tuple[str, ...] = (),
     tcp: str | None = None,
+    ns: NetNS | None = None,
 ) -> Reply:
-    """One request with curl; ``raw`` sends bytes as they are (for malformed bodies)."""
+    """One request with curl; ``raw`` sends bytes as they are (for malformed bodies).
+
+    ``ns``: run curl inside that namespace (for a ``tcp`` API bound there)."""
     argv = [CURL, "-sS", "-X", method, "-w", "\n%{http_code} %{content_type}"]
+    if ns is not None:
+        argv = ["ip", "netns", "exec", ns.name, *argv]
     if tcp is None:
         argv += ["--unix-socket", sock]
     for header in headers:

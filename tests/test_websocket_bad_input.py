@@ -36,6 +36,18 @@ async def status(server: NsProcess) -> tuple[int, int, int]:
     return int(m[1]), int(m[2]), int(m[3])
 
 
+async def status_settles(
+    server: NsProcess, baseline: tuple[int, int, int], timeout: float = 10.0
+) -> tuple[int, int, int]:
+    """The status once it is back at ``baseline`` (or the last one seen, after ``timeout``)."""
+    now = await status(server)
+    with trio.move_on_after(timeout):
+        while now != baseline:
+            await trio.sleep(0.2)
+            now = await status(server)
+    return now
+
+
 async def good_client_still_works(conn: trio_websocket.WebSocketConnection) -> None:
     await conn.send_message(pk.arp_request(GOOD_MAC, "192.168.86.99", "192.168.86.1"))
     reply = await receive_until(conn, pk.parse_arp_reply)
@@ -258,11 +270,7 @@ async def test_200_clients_connecting_and_disconnecting(
             crowd.start_soon(churn, worker)
 
     await wait_taps(ns, 1, timeout=10)
-    now = await status(server)
-    with trio.move_on_after(10):
-        while now != baseline:
-            await trio.sleep(0.2)
-            now = await status(server)
+    now = await status_settles(server, baseline)
     assert now == baseline, f"(clients, tasks, fds) {now} != {baseline} before the churn"
     await good_client_still_works(good)
     assert len(re.findall(r"client \d+ connected", server.log.text())) == 201
