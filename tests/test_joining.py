@@ -287,3 +287,35 @@ async def test_accept_at_the_fd_limit_hangs_up_at_once(world: NsFactory) -> None
         await stream.aclose()
     assert "Traceback" not in server.log.text()
     assert await server.stop() == 0
+
+
+def test_soft_fd_limit_is_raised_to_the_hard_one() -> None:
+    """(issue 12, resource exhaustion) A soft limit of 1024 would refuse clients at about
+    500; the server takes what the hard limit allows, and says when that is little."""
+    code = (
+        "import logging, resource; logging.basicConfig(level=logging.INFO); "
+        "from wsnic_trio._server import raise_fd_limit; raise_fd_limit(); "
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE))"
+    )
+    raised = subprocess.run(
+        [
+            "sh",
+            "-c",
+            'ulimit -S -n 256 && ulimit -H -n 8192 && exec "$0" -c "$1"',
+            sys.executable,
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert raised.stdout.strip() == "(8192, 8192)"
+    assert "open-file limit raised from 256 to 8192" in raised.stderr
+    low = subprocess.run(
+        ["sh", "-c", 'ulimit -n 512 && exec "$0" -c "$1"', sys.executable, code],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert low.stdout.strip() == "(512, 512)"
+    assert "the open-file limit is 512: room for about 224 clients" in low.stderr

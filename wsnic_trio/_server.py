@@ -15,6 +15,7 @@ import functools
 import itertools
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Sequence
@@ -52,6 +53,9 @@ from ._tap import TapDevice
 __all__ = ["PeerInfo", "Server", "run_server", "serve_until_signal"]
 
 log = logging.getLogger("wsnic_trio.server")
+
+#: The most open files the server asks for (clients, their TAPs, listeners, helpers).
+_FD_CEILING = 1 << 16
 
 #: The ``reason`` label of ``wsnic_refused_total`` for each admission answer.
 _REFUSAL_KINDS = {401: "auth", 403: "auth", 429: "login-brake", 503: "limit"}
@@ -384,6 +388,7 @@ async def run_server(
 ) -> None:
     """Run until cancelled. ``started()`` reports the Server once every listener accepts."""
     account = resolve_account(config, euid=os.geteuid())  # --user: checked before anything
+    raise_fd_limit()
     tokens = TokenStore(config.auth_token_file)
     if tokens.enabled:
         log.info("authentication on: %d tokens from %s", tokens.load(), config.auth_token_file)
@@ -424,6 +429,31 @@ async def run_server(
             transport.close()
         for listener in api_listeners:
             listener.close()
+
+
+def raise_fd_limit() -> None:
+    """Take the hard limit of open files as the soft one: every client costs two fds (its
+    socket and its TAP), and the soft default (1024 under systemd and in most shells)
+    would refuse clients around 500, long before a bridge is full (1023 ports)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _FD_CEILING if hard == resource.RLIM_INFINITY else min(hard, _FD_CEILING)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+            target = soft
+        else:
+            log.info("open-file limit raised from %d to %d", soft, target)
+    else:
+        target = soft
+    if target < 2 * 1024 + 64:
+        log.warning(
+            "the open-file limit is %d: room for about %d clients (raise it: ulimit -Hn, "
+            "or LimitNOFILE= in a systemd unit)",
+            target,
+            max(0, (target - 64) // 2),
+        )
 
 
 def _count_tasks() -> int:
