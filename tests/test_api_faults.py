@@ -12,8 +12,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import termios
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +27,7 @@ import trio_websocket
 
 from . import packets as pk
 from .apihelp import api, require_curl
-from .netns import NetNS, NsFactory, NsProcess, wait_taps
+from .netns import REPO, NetNS, NsFactory, NsProcess, wait_taps
 from .wsclients import close_ws, receive_until, ws_client
 
 GOOD_MAC = pk.mac("02:00:00:00:0a:01")
@@ -411,4 +415,82 @@ async def test_clients_that_stop_reading_are_closed(
     await assert_works(good)
     await close_ws(good)
     assert server.log.find(r"Traceback|ERROR") is None, server.log.text()[-3000:]
+    assert await server.stop() == 0
+
+
+# -- the command-line client ------------------------------------------------------------
+
+
+class CtlEvents:
+    """``wsnic-trio ctl events`` with its stdout a pipe we hold, and its stderr kept."""
+
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+        self.stderr = b""
+        self.stderr_done = trio.Event()
+
+    async def collect_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async with self.proc.stderr:
+            while chunk := await self.proc.stderr.receive_some(65536):
+                self.stderr += chunk
+        self.stderr_done.set()
+
+    async def wait(self) -> tuple[int, str]:
+        """Its exit code and everything it wrote to stderr."""
+        with trio.fail_after(30):
+            code = await self.proc.wait()
+            await self.stderr_done.wait()
+        return code, self.stderr.decode(errors="replace")
+
+
+async def start_ctl_events(sock: str, nursery: trio.Nursery) -> CtlEvents:
+    """Start ``ctl events`` and wait until it is subscribed."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "wsnic_trio", "ctl", "--api", f"unix:{sock}", "events"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    ctl = CtlEvents(proc)
+    nursery.start_soon(ctl.collect_stderr)
+    assert proc.stdout is not None
+    seen = b""
+    with trio.fail_after(30):
+        while b'"event": "subscribed"' not in seen:
+            chunk = await proc.stdout.receive_some(65536)
+            assert chunk, ctl.stderr
+            seen += chunk
+    return ctl
+
+
+async def test_ctl_events_ends_quietly_when_its_reader_or_its_user_goes(
+    world: NsFactory, nursery: trio.Nursery, sockdir: str
+) -> None:
+    """``ctl events | head -1`` and Ctrl-C on ``ctl events`` while events flow: the tool
+    ends with its exit code and no traceback, and the server does not notice."""
+    require_curl()
+    srv = world.new("srv")
+    sock = f"{sockdir}/api.sock"
+    server = await srv.start_wsnic("--disable-dhcp", "--api", f"unix:{sock}")
+    good = await good_client(srv, nursery)
+    [good_tap] = await wait_taps(srv, 1)
+    async with churning(srv):
+        for _ in range(3):
+            ctl = await start_ctl_events(sock, nursery)
+            assert ctl.proc.stdout is not None
+            await ctl.proc.stdout.aclose()  # the reader of its output is gone
+            code, errors = await ctl.wait()  # it notices at its next event
+            assert (code, errors) == (141, "")
+        for _ in range(3):
+            ctl = await start_ctl_events(sock, nursery)
+            ctl.proc.send_signal(signal.SIGINT)
+            code, errors = await ctl.wait()
+            assert (code, errors) == (130, "")
+            assert ctl.proc.stdout is not None
+            await ctl.proc.stdout.aclose()
+        await assert_alive(server, sock, good_tap)
+    await assert_lan_intact(srv, server, sock, nursery, good, good_tap)
+    await close_ws(good)
     assert await server.stop() == 0
