@@ -162,12 +162,6 @@ async def churning(ns: NetNS) -> AsyncIterator[Churn]:
         churn.stopping = True  # ends after the cycle under way, its client closed
 
 
-async def good_client(ns: NetNS, nursery: trio.Nursery) -> trio_websocket.WebSocketConnection:
-    conn = await ws_client(ns, nursery)
-    await assert_works(conn)
-    return conn
-
-
 async def assert_works(conn: trio_websocket.WebSocketConnection, mac: bytes = GOOD_MAC) -> None:
     """The client is still on the LAN: the bridge answers its ARP request."""
     await conn.send_message(pk.arp_request(mac, "192.168.86.10", "192.168.86.1"))
@@ -175,30 +169,51 @@ async def assert_works(conn: trio_websocket.WebSocketConnection, mac: bytes = GO
     assert pk.parse_arp_reply(reply) == ("02:77:73:00:00:01", "192.168.86.1")
 
 
-async def assert_alive(server: NsProcess, sock: str, good_tap: str) -> None:
-    """The server runs and its API answers, still listing the good client."""
-    assert server.proc.returncode is None, server.log.text()[-3000:]
-    reply = await api(sock, "GET", "/clients")
-    assert reply.status == 200, reply
-    assert good_tap in [c["tap"] for c in reply.json()["clients"]], reply
+class Lan:
+    """A server with the unix API and one good WebSocket client that must stay fine."""
 
+    def __init__(self, srv: NetNS, server: NsProcess, sock: str, nursery: trio.Nursery) -> None:
+        self.srv = srv
+        self.server = server
+        self.sock = sock
+        self.nursery = nursery
+        self.good: trio_websocket.WebSocketConnection | None = None
+        self.good_tap = ""
 
-async def assert_lan_intact(
-    srv: NetNS,
-    server: NsProcess,
-    sock: str,
-    nursery: trio.Nursery,
-    good: trio_websocket.WebSocketConnection,
-    good_tap: str,
-) -> None:
-    await assert_alive(server, sock, good_tap)
-    await assert_works(good)
-    newcomer = await ws_client(srv, nursery)
-    await assert_works(newcomer, NEW_MAC)
-    clients = (await api(sock, "GET", "/clients")).json()["clients"]
-    assert len(clients) >= 2 and good_tap in [c["tap"] for c in clients]
-    await close_ws(newcomer)
-    assert server.log.find(r"Traceback|ERROR") is None, server.log.text()[-3000:]
+    @classmethod
+    async def start(cls, world: NsFactory, nursery: trio.Nursery, sockdir: str, *args: str) -> Lan:
+        require_curl()
+        srv = world.new("srv")
+        sock = f"{sockdir}/api.sock"
+        server = await srv.start_wsnic("--disable-dhcp", "--api", f"unix:{sock}", *args)
+        lan = cls(srv, server, sock, nursery)
+        lan.good = await ws_client(srv, nursery)
+        await assert_works(lan.good)
+        [lan.good_tap] = await wait_taps(srv, 1)
+        return lan
+
+    async def assert_alive(self) -> None:
+        """The server runs and its API answers, still listing the good client."""
+        assert self.server.proc.returncode is None, self.server.log.text()[-3000:]
+        reply = await api(self.sock, "GET", "/clients")
+        assert reply.status == 200, reply
+        assert self.good_tap in [c["tap"] for c in reply.json()["clients"]], reply
+
+    async def assert_intact(self) -> None:
+        """Alive, the good client still works, a new one can join, nothing was logged
+        as an error; then the good client leaves and the server stops cleanly."""
+        assert self.good is not None
+        await self.assert_alive()
+        await assert_works(self.good)
+        newcomer = await ws_client(self.srv, self.nursery)
+        await assert_works(newcomer, NEW_MAC)
+        clients = (await api(self.sock, "GET", "/clients")).json()["clients"]
+        assert len(clients) == 2 and self.good_tap in [c["tap"] for c in clients]
+        await close_ws(newcomer)
+        await close_ws(self.good)
+        log = self.server.log
+        assert log.find(r"Traceback|ERROR") is None, log.text()[-3000:]
+        assert await self.server.stop() == 0
 
 
 # -- tests ----------------------------------------------------------------------------------
@@ -213,14 +228,9 @@ async def test_event_subscribers_reset_while_events_are_written(
     it an event when it resets: the write fails (EPIPE) at the same moment the reader
     task sees the reset. Before the fix, the first write to fail took the server down.
     """
-    require_curl()
-    srv = world.new("srv")
-    sock = f"{sockdir}/api.sock"
-    server = await srv.start_wsnic("--disable-dhcp", "--api", f"unix:{sock}")
-    good = await good_client(srv, nursery)
-    [good_tap] = await wait_taps(srv, 1)
-    subscribers = [await subscribe(sock) for _ in range(8)]
-    async with churning(srv) as churn:
+    lan = await Lan.start(world, nursery, sockdir)
+    subscribers = [await subscribe(lan.sock) for _ in range(8)]
+    async with churning(lan.srv) as churn:
         # Wait until the server can write no more to any subscriber (what it has
         # written stops growing while events go on): each has a write in progress.
         last: list[int] = []
@@ -233,10 +243,8 @@ async def test_event_subscribers_reset_while_events_are_written(
         for subscriber in subscribers:
             reset(subscriber)
             await churn.wait_cycles(2)
-            await assert_alive(server, sock, good_tap)
-    await assert_lan_intact(srv, server, sock, nursery, good, good_tap)
-    await close_ws(good)
-    assert await server.stop() == 0
+            await lan.assert_alive()
+    await lan.assert_intact()
 
 
 async def test_api_clients_vanishing_at_any_moment(
@@ -244,16 +252,10 @@ async def test_api_clients_vanishing_at_any_moment(
 ) -> None:
     """Resets mid-request, right after the answer's head, while events stream, during a
     long answer (/metrics, pipelined requests) and while a capture is stopped."""
-    require_curl()
-    srv = world.new("srv")
-    sock = f"{sockdir}/api.sock"
     captures = tmp_path / "pcap"
     captures.mkdir()
-    server = await srv.start_wsnic(
-        "--disable-dhcp", "--api", f"unix:{sock}", "--pcap", str(captures), "--pcap-on-demand"
-    )
-    good = await good_client(srv, nursery)
-    [good_tap] = await wait_taps(srv, 1)
+    lan = await Lan.start(world, nursery, sockdir, "--pcap", str(captures), "--pcap-on-demand")
+    sock = lan.sock
     good_id = (await api(sock, "GET", "/clients")).json()["clients"][0]["id"]
     pcap = f"/clients/{good_id}/pcap"
 
@@ -299,12 +301,12 @@ async def test_api_clients_vanishing_at_any_moment(
         (after_head, pipelined),
         (mid_request, request("POST", "/forwards", b'{"local": "127.0.0.1:0", "remote"')),
     ]
-    async with churning(srv) as churn:
+    async with churning(lan.srv) as churn:
         for moment, req in moments:
             for _ in range(5):
                 await moment(req)
                 await churn.wait_cycles(1)
-            await assert_alive(server, sock, good_tap)
+            await lan.assert_alive()
         # Capture: start it and stop it, each time vanishing before the answer (the
         # stop answers once the file is complete, long after the client left).
         for _ in range(3):
@@ -312,26 +314,20 @@ async def test_api_clients_vanishing_at_any_moment(
             await trio.sleep(0.2)
             await after_request(request("DELETE", pcap))
             await churn.wait_cycles(1)
-            await assert_alive(server, sock, good_tap)
-    await assert_lan_intact(srv, server, sock, nursery, good, good_tap)
-    # Capture is still under control, and every file the vanished clients made is whole.
+            await lan.assert_alive()
+    # Capture is still under control.
     started = await api(sock, "POST", pcap, {})
     assert started.status == 201, started
     stopped = await api(sock, "DELETE", pcap)
     assert stopped.status == 200 and stopped.json()["capture"]["error"] is None, stopped
-    await close_ws(good)
-    assert await server.stop() == 0
+    await lan.assert_intact()
 
 
 async def test_bad_requests_and_half_closes_cost_their_connection_only(
     world: NsFactory, nursery: trio.Nursery, sockdir: str
 ) -> None:
-    require_curl()
-    srv = world.new("srv")
-    sock = f"{sockdir}/api.sock"
-    server = await srv.start_wsnic("--disable-dhcp", "--api", f"unix:{sock}")
-    good = await good_client(srv, nursery)
-    [good_tap] = await wait_taps(srv, 1)
+    lan = await Lan.start(world, nursery, sockdir)
+    sock = lan.sock
 
     def request(method: str, path: str, *headers: str, body: bytes = b"") -> bytes:
         lines = [f"{method} {path} HTTP/1.1", "host: wsnic", *headers]
@@ -358,16 +354,14 @@ async def test_bad_requests_and_half_closes_cost_their_connection_only(
             assert answer.endswith(b"\r\n\r\n"), answer  # a HEAD answer has no body
         else:
             assert json.loads(answer.partition(b"\r\n\r\n")[2])["status"] == status
-        await assert_alive(server, sock, good_tap)
+        await lan.assert_alive()
     # Half-closed after the request: the answer still comes, then the connection ends.
     answer = await exchange(sock, request("GET", "/clients") * 3, half_close=True)
     assert answer.count(b"HTTP/1.1 200 ") == 3, answer[:500]
     # Half-closed event subscriber: its stream ends; nobody else notices.
     answer = await exchange(sock, EVENTS, half_close=True)
     assert status_of(answer) == 200 and b'"event": "subscribed"' in answer, answer
-    await assert_lan_intact(srv, server, sock, nursery, good, good_tap)
-    await close_ws(good)
-    assert await server.stop() == 0
+    await lan.assert_intact()
 
 
 async def test_clients_that_stop_reading_are_closed(
@@ -376,12 +370,8 @@ async def test_clients_that_stop_reading_are_closed(
     """Every connection slot held by a client that sends requests but never reads the
     answers: the server closes them once they took nothing for a while, so the API
     answers again (before, it stayed locked for as long as they stayed)."""
-    require_curl()
-    srv = world.new("srv")
-    sock = f"{sockdir}/api.sock"
-    server = await srv.start_wsnic("--disable-dhcp", "--api", f"unix:{sock}")
-    good = await good_client(srv, nursery)
-    [good_tap] = await wait_taps(srv, 1)
+    lan = await Lan.start(world, nursery, sockdir)
+    sock = lan.sock
     metrics = b"GET /metrics HTTP/1.1\r\nhost: wsnic\r\n\r\n"
     stalled = []
     for _ in range(64):  # MAX_CONNECTIONS
@@ -408,14 +398,11 @@ async def test_clients_that_stop_reading_are_closed(
                 chunk = await late.recv(65536)
                 assert chunk, answer
                 answer += chunk
-    assert status_of(answer) == 200 and good_tap.encode() in answer, answer[:300]
-    await server.log.wait_for(r"INFO control API: client \(unix socket\) took nothing")
+    assert status_of(answer) == 200 and lan.good_tap.encode() in answer, answer[:300]
+    await lan.server.log.wait_for(r"INFO control API: client \(unix socket\) took nothing")
     for s in stalled:
         s.close()
-    await assert_works(good)
-    await close_ws(good)
-    assert server.log.find(r"Traceback|ERROR") is None, server.log.text()[-3000:]
-    assert await server.stop() == 0
+    await lan.assert_intact()
 
 
 # -- the command-line client ------------------------------------------------------------
@@ -470,27 +457,20 @@ async def test_ctl_events_ends_quietly_when_its_reader_or_its_user_goes(
 ) -> None:
     """``ctl events | head -1`` and Ctrl-C on ``ctl events`` while events flow: the tool
     ends with its exit code and no traceback, and the server does not notice."""
-    require_curl()
-    srv = world.new("srv")
-    sock = f"{sockdir}/api.sock"
-    server = await srv.start_wsnic("--disable-dhcp", "--api", f"unix:{sock}")
-    good = await good_client(srv, nursery)
-    [good_tap] = await wait_taps(srv, 1)
-    async with churning(srv):
+    lan = await Lan.start(world, nursery, sockdir)
+    async with churning(lan.srv):
         for _ in range(3):
-            ctl = await start_ctl_events(sock, nursery)
+            ctl = await start_ctl_events(lan.sock, nursery)
             assert ctl.proc.stdout is not None
             await ctl.proc.stdout.aclose()  # the reader of its output is gone
             code, errors = await ctl.wait()  # it notices at its next event
             assert (code, errors) == (141, "")
         for _ in range(3):
-            ctl = await start_ctl_events(sock, nursery)
+            ctl = await start_ctl_events(lan.sock, nursery)
             ctl.proc.send_signal(signal.SIGINT)
             code, errors = await ctl.wait()
             assert (code, errors) == (130, "")
             assert ctl.proc.stdout is not None
             await ctl.proc.stdout.aclose()
-        await assert_alive(server, sock, good_tap)
-    await assert_lan_intact(srv, server, sock, nursery, good, good_tap)
-    await close_ws(good)
-    assert await server.stop() == 0
+        await lan.assert_alive()
+    await lan.assert_intact()

@@ -111,23 +111,28 @@ async def test_connect_survives_a_server_that_vanishes_at_any_moment(world: NsFa
         reset_while_frames_flow,
         hang_up_mid_frame,
     ] * 2
-    with listener:
-        for behave in behaviours:
-            mark = len(tool.log.lines)
-            with trio.fail_after(30):
-                conn, _ = await listener.accept()
-            with conn:
-                await behave(conn)
-            await tool.log.wait_for(r"WARNING connection to ws://\S+ ended: ", start=mark)
-            await tool.log.wait_for(r"reconnecting in", start=mark)
-            assert tool.proc.returncode is None, tool.log.text()
-            assert "lan0" in ns.links(), "the TAP stays while the server misbehaves"
-        # A server that behaves: the tool is connected again.
+
+    async def serve_one(behave: Callable[[trio.socket.SocketType], Awaitable[None]]) -> int:
+        """Accept the tool's next dial and treat it so; where its log stood before."""
         mark = len(tool.log.lines)
         with trio.fail_after(30):
             conn, _ = await listener.accept()
         with conn:
-            await upgrade(conn)
-            await tool.log.wait_for(r"connected to ws://", start=mark)
-            assert await tool.stop() == 0
+            await behave(conn)
+        return mark
+
+    async def behave_well(conn: trio.socket.SocketType) -> None:
+        await upgrade(conn)
+        await tool.log.wait_for(r"connected to ws://", start=mark)
+        assert await tool.stop() == 0
+
+    with listener:
+        for behave in behaviours:
+            mark = await serve_one(behave)
+            await tool.log.wait_for(r"WARNING connection to ws://\S+ ended: ", start=mark)
+            await tool.log.wait_for(r"reconnecting in", start=mark)
+            assert tool.proc.returncode is None, tool.log.text()
+            assert "lan0" in ns.links(), "the TAP stays while the server misbehaves"
+        mark = len(tool.log.lines)
+        await serve_one(behave_well)  # the tool is connected again, then stopped
     assert tool.log.find(r"Traceback") is None, tool.log.text()
