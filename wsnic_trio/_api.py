@@ -2,9 +2,10 @@
 
 HTTP is h11's job (a sans-IO state machine driven here by trio streams); this module
 only routes and answers. Requests are small and bounded (header and body sizes, an idle
-timeout, a cap on connections), and a handler's failure becomes a JSON error for that
-request alone: nothing a client sends can hurt the server or its peers. The endpoints
-are documented in docs/api.md.
+timeout, a cap on connections), answers must be taken in time (a client that stops
+reading is closed), and a handler's failure becomes a JSON error for that request alone.
+Whatever a client does, or however it vanishes, ends its own connection only: nothing
+it sends can hurt the server or its peers. The endpoints are documented in docs/api.md.
 """
 
 from __future__ import annotations
@@ -52,8 +53,15 @@ MAX_CONNECTIONS = 64
 MAX_BODY = 64 * 1024
 MAX_HEADER = 16 * 1024
 IDLE_TIMEOUT = 30.0
+#: Longest a client may take none of an answer (or of an event stream) before it is closed.
+SEND_TIMEOUT = 30.0
 KICK_TIMEOUT = 10.0
 _JSON = "application/json"
+#: What trio raises when the client went away: reset, broken pipe, closed. Only that
+#: connection is affected, so it is worth a debug line, never a traceback.
+_CLIENT_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+#: accept() errors that only mean a would-be client gave up before we took it.
+_ACCEPT_GONE = frozenset({errno.ECONNABORTED, errno.EPROTO})
 
 
 # -- listening --------------------------------------------------------------------------
@@ -105,11 +113,24 @@ def bind_api(endpoints: tuple[ApiEndpoint, ...]) -> list[ApiListener]:
 # -- requests and answers ----------------------------------------------------------------
 
 
+class ClientStalled(Exception):
+    """The client took none of an answer for ``SEND_TIMEOUT`` seconds."""
+
+
 class HttpError(Exception):
-    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: list[tuple[str, str]] | None = None,
+        *,
+        head_only: bool = False,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.headers = headers or []
+        #: The request was a HEAD: the answer may carry no body.
+        self.head_only = head_only
 
 
 @dataclasses.dataclass
@@ -127,6 +148,8 @@ class Request:
             return json.loads(self.body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise HttpError(400, f"malformed JSON in the request body: {exc}") from None
+        except RecursionError:
+            raise HttpError(400, "malformed JSON in the request body: nested too deep") from None
 
     def json_object(self) -> dict[str, Any]:
         data = self.json()
@@ -218,8 +241,10 @@ class ApiServer:
                     conn, addr = await sock.accept()
                 except OSError as exc:
                     slots.release()
+                    if exc.errno in _ACCEPT_GONE:
+                        continue
                     log.warning("control API: accept failed: %s", exc.strerror or exc)
-                    await trio.sleep(0.1)
+                    await trio.sleep(0.1)  # EMFILE and the like: wait, don't spin
                     continue
                 stream = trio.SocketStream(conn)
                 remote = addr[0] if isinstance(addr, tuple) else None
@@ -232,43 +257,77 @@ class ApiServer:
         remote: str | None,
         slots: trio.Semaphore,
     ) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER)
+        """Serve one client; whatever it does, only this connection ends.
+
+        Errors are caught with ``except*``: an event stream is written from inside a
+        nursery, so a client that resets mid-stream arrives as an ExceptionGroup, which a
+        plain ``except`` would let through to the accept loop and end the whole server.
+        """
+        who = remote or "unix socket"
         try:
-            while True:
-                request: Request | None = None  # stays None when the client idles out
-                with trio.move_on_after(IDLE_TIMEOUT):
-                    try:
-                        request = await self._read(conn, stream)
-                    except HttpError as exc:
-                        await self._answer(conn, stream, error_response(exc.status, str(exc)))
-                        return
-                    except h11.RemoteProtocolError as exc:
-                        if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                            response = error_response(exc.error_status_hint, f"bad HTTP: {exc}")
-                            await self._answer(conn, stream, response)
-                        return
-                if request is None:
-                    return
-                reply = await self._dispatch(request, needs_token, remote)
-                if isinstance(reply, Stream):
-                    await self._stream(conn, stream, reply)
-                    return
-                await self._answer(conn, stream, reply)
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
-            pass  # the client went away mid-answer; nothing to tell anybody
+            await self._converse(stream, needs_token, remote)
+        except* _CLIENT_GONE as group:
+            log.debug("control API: client (%s) went away: %s", who, _cause(group))
+        except* ClientStalled:
+            log.info(
+                "control API: client (%s) took nothing of its answer for %g s: closed",
+                who,
+                SEND_TIMEOUT,
+            )
+        except* Exception:
+            # A bug of ours, not the client's doing: worth a traceback, but it still
+            # costs this connection only.
+            log.exception("control API: serving a client (%s) failed; closed it", who)
         finally:
             slots.release()
             await trio.aclose_forcefully(stream)
+
+    async def _converse(
+        self, stream: trio.SocketStream, needs_token: bool, remote: str | None
+    ) -> None:
+        """Requests and answers on one connection, until either side ends it."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER)
+        while True:
+            request: Request | None = None  # stays None when the client idles out
+            with trio.move_on_after(IDLE_TIMEOUT):
+                try:
+                    request = await self._read(conn, stream)
+                except HttpError as exc:
+                    refusal = error_response(exc.status, str(exc))
+                    await self._answer(conn, stream, refusal, body=not exc.head_only)
+                    return
+                except h11.RemoteProtocolError as exc:
+                    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                        response = error_response(exc.error_status_hint, f"bad HTTP: {exc}")
+                        await self._answer(conn, stream, response)
+                    return
+            if request is None:
+                return
+            reply = await self._dispatch(request, needs_token, remote)
+            if isinstance(reply, Stream):
+                if request.method != "HEAD":
+                    await self._stream(conn, stream, reply)
+                    return
+                reply = Response(200, b"", reply.content_type)  # HEAD: no stream to start
+            await self._answer(conn, stream, reply, body=request.method != "HEAD")
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
 
     async def _read(self, conn: h11.Connection, stream: trio.SocketStream) -> Request | None:
         """The next request with its (bounded) body; None when the client closed."""
         head: h11.Request | None = None
         body = bytearray()
         while True:
-            event = conn.next_event()
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                if head is None:
+                    raise
+                # Broken after the head: answer it (h11 still lets us), as the head asked.
+                raise HttpError(
+                    exc.error_status_hint, f"bad HTTP: {exc}", head_only=head.method == b"HEAD"
+                ) from None
             if event is h11.NEED_DATA:
                 data = await stream.receive_some(65536)
                 conn.receive_data(data)
@@ -281,11 +340,16 @@ class ApiServer:
                 head = event
                 length = dict(event.headers).get(b"content-length")
                 if length is not None and length.isdigit() and int(length) > MAX_BODY:
-                    raise HttpError(413, f"request body over {MAX_BODY} bytes")
+                    raise HttpError(
+                        413, f"request body over {MAX_BODY} bytes", head_only=head.method == b"HEAD"
+                    )
             elif isinstance(event, h11.Data):
+                assert head is not None
                 body += event.data
                 if len(body) > MAX_BODY:
-                    raise HttpError(413, f"request body over {MAX_BODY} bytes")
+                    raise HttpError(
+                        413, f"request body over {MAX_BODY} bytes", head_only=head.method == b"HEAD"
+                    )
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
                 target = head.target.decode("ascii", "replace")
@@ -298,25 +362,31 @@ class ApiServer:
                 return Request(head.method.decode(), path, params, headers, bytes(body))
 
     async def _answer(
-        self, conn: h11.Connection, stream: trio.SocketStream, reply: Response
+        self, conn: h11.Connection, stream: trio.SocketStream, reply: Response, body: bool = True
     ) -> None:
+        """Send one whole answer; ``body`` False for HEAD (h11 refuses a body there)."""
         headers = [
             ("content-type", reply.content_type),
             ("content-length", str(len(reply.body))),
             *reply.headers,
         ]
         out = conn.send(h11.Response(status_code=reply.status, headers=headers))
-        out += conn.send(h11.Data(data=reply.body)) or b""
+        if body:
+            out += conn.send(h11.Data(data=reply.body)) or b""
         out += conn.send(h11.EndOfMessage()) or b""
-        await stream.send_all(out)
+        await _send(stream, out)
 
     async def _stream(self, conn: h11.Connection, stream: trio.SocketStream, reply: Stream) -> None:
+        """Write ``reply`` until it ends or the client goes (EOF or reset on its side).
+
+        Errors from the nursery come as an ExceptionGroup; ``_connection`` sorts them.
+        """
         head = h11.Response(status_code=200, headers=[("content-type", reply.content_type)])
-        await stream.send_all(conn.send(head) or b"")
+        await _send(stream, conn.send(head) or b"")
         async with trio.open_nursery() as nursery:
 
             async def until_client_goes() -> None:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                with contextlib.suppress(*_CLIENT_GONE):
                     while await stream.receive_some(4096):
                         pass
                 nursery.cancel_scope.cancel()
@@ -324,10 +394,10 @@ class ApiServer:
             nursery.start_soon(until_client_goes)
 
             async def send(data: bytes) -> None:
-                await stream.send_all(conn.send(h11.Data(data=data)) or b"")
+                await _send(stream, conn.send(h11.Data(data=data)) or b"")
 
             await reply.produce(send)
-            await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+            await _send(stream, conn.send(h11.EndOfMessage()) or b"")
             nursery.cancel_scope.cancel()
 
     async def _dispatch(
@@ -341,6 +411,8 @@ class ApiServer:
                 if match is None:
                     continue
                 handler = methods.get(request.method)
+                if handler is None and request.method == "HEAD":
+                    handler = methods.get("GET")  # answered without its body
                 if handler is None:
                     allow = ", ".join(sorted(methods))
                     raise HttpError(
@@ -574,6 +646,23 @@ class ApiServer:
                 await send(_line({"event": "error", "detail": str(exc)}))
 
         return Stream(produce)
+
+
+async def _send(stream: trio.SocketStream, data: bytes) -> None:
+    """Write to a client that must take it within ``SEND_TIMEOUT`` (or be closed)."""
+    with trio.move_on_after(SEND_TIMEOUT) as scope:
+        await stream.send_all(data)
+    if scope.cancelled_caught:
+        raise ClientStalled(f"no progress writing to the client for {SEND_TIMEOUT:g} s")
+
+
+def _cause(group: BaseExceptionGroup[BaseException]) -> str:
+    """The OS error behind the first exception in ``group`` (trio wraps it), as text."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    cause = exc.__cause__ or exc
+    return (cause.strerror if isinstance(cause, OSError) else None) or str(cause) or repr(cause)
 
 
 def _line(data: dict[str, Any]) -> bytes:

@@ -1,7 +1,8 @@
 """``wsnic-trio ctl``: the control API from a shell, as tables (or ``--json`` for scripts).
 
 An HTTP/1.1 client on h11, over the API's unix socket (or TCP with a token). Exit codes:
-0 done, 1 the server refused (its JSON error is printed), 2 a usage problem or no server.
+0 done, 1 the server refused (its JSON error is printed), 2 a usage problem or no server,
+130 interrupted, 141 the reader of our output went away (as if killed by SIGPIPE).
 """
 
 from __future__ import annotations
@@ -333,6 +334,11 @@ def main(argv: Sequence[str]) -> int:
     except trio.TooSlowError:
         print(f"wsnic-trio ctl: no answer from {args.api} in {TIMEOUT:g} s", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Whoever reads our output left (``ctl events | head -3``): end quietly, as a
+        # tool killed by SIGPIPE would, and keep Python from failing to flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (trio.BrokenResourceError, h11.ProtocolError) as exc:
         print(f"wsnic-trio ctl: the connection to {args.api} broke: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,11 @@ Every forward is a task in the manager's nursery, with its own cancel scope, so
 removing one is cancelling that scope. Everything is bounded: connections per TCP
 forward, sessions per UDP forward (each with an idle timeout), and the datagrams queued
 toward one session.
+
+A connection or session never raises: a peer that resets or vanishes ends its own
+connection (``_pipe``), and even a bug of ours is logged and ends that connection only,
+because anything escaping would end the forward's nursery, the manager's, and with them
+the whole server.
 """
 
 from __future__ import annotations
@@ -253,6 +258,7 @@ class ForwardManager:
             await trio.aclose_forcefully(listener)
 
     async def _tcp_connection(self, fwd: Forward, client: trio.SocketStream) -> None:
+        """Proxy one connection; raises nothing but Cancelled (see the module's doc)."""
         try:
             async with client:
                 try:
@@ -273,6 +279,8 @@ class ForwardManager:
                 async with remote, trio.open_nursery() as nursery:
                     nursery.start_soon(_pipe, client, remote, fwd, True, nursery.cancel_scope)
                     nursery.start_soon(_pipe, remote, client, fwd, False, nursery.cancel_scope)
+        except* Exception as group:  # from the nursery too, hence except*
+            _failed(fwd, group, "connection")
         finally:
             fwd.active -= 1
 
@@ -320,19 +328,16 @@ class ForwardManager:
         sessions: dict[Any, trio.MemorySendChannel[bytes]],
     ) -> None:
         """One client address: its datagrams go out of one socket of our own, replies
-        to that socket come back to it; ends after UDP_IDLE_TIMEOUT without traffic."""
+        to that socket come back to it; ends after UDP_IDLE_TIMEOUT without traffic.
+        Raises nothing but Cancelled (see the module's doc)."""
         try:
             with queue:
                 try:
+                    # The lease file may be unreadable (OSError), as for TCP.
                     host = await self.resolve(fwd)
-                except ForwardError as exc:
-                    fwd.failed += 1
-                    fwd.last_error = str(exc)
-                    return
-                try:
                     with trio.fail_after(CONNECT_TIMEOUT):
                         remote = await self.open_remote("udp", host, fwd.spec.remote_port)
-                except (WsnicError, OSError, trio.TooSlowError) as exc:
+                except (ForwardError, WsnicError, OSError, trio.TooSlowError) as exc:
                     fwd.failed += 1
                     fwd.last_error = _text(exc)
                     return
@@ -370,6 +375,8 @@ class ForwardManager:
                         async with trio.open_nursery() as nursery:
                             nursery.start_soon(outbound)
                             nursery.start_soon(inbound)
+        except* Exception as group:  # from the nursery too, hence except*
+            _failed(fwd, group, "session")
         finally:
             sessions.pop(source, None)
             fwd.active -= 1
@@ -393,6 +400,22 @@ async def _pipe(
         await dst.send_eof()
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         both.cancel()
+
+
+def _failed(fwd: Forward, group: BaseExceptionGroup[Exception], what: str) -> None:
+    """Log a failure no peer caused (a bug) for one connection, with its traceback."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    fwd.failed += 1
+    fwd.last_error = f"internal error: {type(exc).__name__}: {exc}"
+    log.error(
+        "forward %s %s: a %s failed (the forward goes on)",
+        fwd.spec.protocol,
+        fwd.spec.local,
+        what,
+        exc_info=group,
+    )
 
 
 def _is_name(host: str) -> bool:

@@ -134,11 +134,21 @@ class Capture:
             self.full = True
             log.error("capture of client %d: cannot write %s: %s", self.peer_id, self.path, exc)
         finally:
-            with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
-                if fd >= 0:
+            # Nothing may escape from here: it would end the manager's nursery, and the
+            # server with it. The close has its own shield: a flush that overran the
+            # deadline must not leave the file open.
+            if fd >= 0:
+                with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
                     with contextlib.suppress(OSError):
                         await self._flush(fd)
-                    await trio.to_thread.run_sync(os.close, fd)
+                with trio.CancelScope(shield=True):
+                    try:
+                        await trio.to_thread.run_sync(os.close, fd)
+                    except OSError as exc:  # a late EIO/ENOSPC (NFS reports them here)
+                        self.error = self.error or exc.strerror or str(exc)
+                        log.error(
+                            "capture of client %d: closing %s: %s", self.peer_id, self.path, exc
+                        )
             self.done.set()
 
 
