@@ -9,7 +9,7 @@ import pytest
 
 from transports.base import AdmissionRequest, FrameCheck
 from wsnic_trio import ConfigError, PeerProtocolError
-from wsnic_trio._admission import Admission, FailureLimiter, TokenStore
+from wsnic_trio._admission import Admission, FailureLimiter, TokenStore, parse_origin_pattern
 from wsnic_trio._guard import ByteBucket, FramePolicy, SourceGuard
 
 from . import packets as pk
@@ -194,3 +194,98 @@ def test_policy_counts_every_drop() -> None:
     assert 0 < len(passed) < 100 and drops["rate-limit"] == 100 - len(passed)
     out = limited.outbound(burst, 0.0)
     assert drops["rate-limit-out"] == 100 - len(out)
+
+
+# -- browser origins (--allow-origin) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("https://Lab.Example.org", "https://lab.example.org"),
+        ("lab.example.org:8443", "lab.example.org:8443"),
+        ("*.example.org", "*.example.org"),
+        ("https://*.example.org:*", "https://*.example.org:*"),
+        ("http://[0:0::1]:8000", "http://[::1]:8000"),
+        ("NULL", "null"),
+    ],
+)
+def test_origin_patterns_have_one_spelling(text: str, canonical: str) -> None:
+    assert str(parse_origin_pattern(text)) == canonical
+
+
+ORIGIN_CASES = [
+    # exact origin: the default port may or may not be written
+    ("https://lab.example.org", "https://lab.example.org", True),
+    ("https://lab.example.org", "https://LAB.example.org:443", True),
+    ("https://lab.example.org", "http://lab.example.org", False),
+    ("https://lab.example.org", "https://lab.example.org:8443", False),
+    ("https://lab.example.org", "https://lab.example.org.evil.net", False),
+    ("https://lab.example.org", "https://evil-lab.example.org", False),
+    ("http://localhost:8000", "http://localhost:8000", True),
+    ("http://localhost:8000", "http://localhost", False),
+    # no scheme: http or https, each on its default port unless one is given
+    ("lab.example.org", "http://lab.example.org", True),
+    ("lab.example.org", "https://lab.example.org", True),
+    ("lab.example.org", "http://lab.example.org:443", False),
+    ("lab.example.org", "wss://lab.example.org", False),
+    ("lab.example.org:8443", "https://lab.example.org:8443", True),
+    ("lab.example.org:8443", "http://lab.example.org:8443", True),
+    # wildcard: subdomains at any depth, never the domain itself or a look-alike
+    ("*.example.org", "https://a.example.org", True),
+    ("*.example.org", "https://b.a.example.org", True),
+    ("*.example.org", "https://example.org", False),
+    ("*.example.org", "https://evilexample.org", False),
+    ("*.example.org", "https://a.example.org:8443", False),
+    ("*.example.org:*", "https://a.example.org:8443", True),
+    # IPv6 as browsers write it
+    ("http://[::1]:8000", "http://[::1]:8000", True),
+    ("http://[::1]:8000", "http://[0::1]:8000", True),
+    # opaque origins only with the explicit pattern
+    ("null", "null", True),
+    ("https://lab.example.org", "null", False),
+    ("*.example.org", "null", False),
+    # garbage and several origins match nothing
+    ("https://lab.example.org", "https://lab.example.org/", False),
+    ("https://lab.example.org", "https://lab.example.org, https://lab.example.org", False),
+    ("lab.example.org", "lab.example.org", False),
+]
+
+
+@pytest.mark.parametrize(("pattern", "origin", "expected"), ORIGIN_CASES)
+def test_origin_matching(pattern: str, origin: str, expected: bool) -> None:
+    assert parse_origin_pattern(pattern).matches(origin) is expected
+
+
+def test_other_origins_are_refused_before_the_token_and_cost_no_login_try(
+    tmp_path: Path,
+) -> None:
+    adm = Admission(
+        store(tmp_path, "good\n"),
+        limiter=FailureLimiter(burst=2),
+        origins=[parse_origin_pattern("https://lab.example.org")],
+    )
+    for _ in range(5):  # more than the login brake allows
+        refused = adm.check(AdmissionRequest("ws", "10.0.0.1", ("good",), "https://evil.example"))
+        assert refused is not None and refused.http_status == 403
+        assert refused.kind == "origin" and "https://evil.example" in refused.reason
+    page = AdmissionRequest("ws", "10.0.0.1", ("good",), "https://lab.example.org")
+    assert adm.check(page) is None
+    # Not a browser (no Origin header): the origin check does not apply, the token does.
+    assert adm.check(AdmissionRequest("ws", "10.0.0.1", ("good",))) is None
+    wrong = adm.check(AdmissionRequest("ws", "10.0.0.1", ("bad",)))
+    assert wrong is not None and wrong.http_status == 403 and wrong.kind is None
+
+
+def test_without_patterns_every_origin_is_accepted(tmp_path: Path) -> None:
+    adm = Admission(TokenStore(None))
+    assert adm.check(AdmissionRequest("ws", "10.0.0.1", (), "https://evil.example")) is None
+    assert adm.check(AdmissionRequest("ws", "10.0.0.1", (), "null")) is None
+
+
+def test_a_refused_origin_is_escaped_and_cut_in_the_reason() -> None:
+    adm = Admission(TokenStore(None), origins=[parse_origin_pattern("lab.example.org")])
+    refused = adm.check(AdmissionRequest("ws", None, (), "https://x\x1b[2J" + "a" * 500))
+    assert refused is not None
+    assert "\x1b" not in refused.reason and "\\x1b[2J" in refused.reason
+    assert len(refused.reason) < 200

@@ -7,6 +7,7 @@ back to a tiny HTTP collector the test runs in the same namespace.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import urllib.parse
@@ -54,8 +55,15 @@ def chromium() -> str:
     return path
 
 
-async def browse(ns: NetNS, page: Path, url: str, protocols: str = "[]") -> str:
-    """Open the page in headless Chromium inside ``ns``; return what it reported."""
+async def browse(
+    ns: NetNS, page: Path, url: str, protocols: str = "[]", served: bool = False
+) -> str:
+    """Open the page in headless Chromium inside ``ns``; return what it reported.
+
+    The page comes from its file, or with ``served`` from the collector itself, as
+    ``http://127.0.0.1:8099/page.html`` (a web origin, which a browser names in its
+    WebSocket handshake).
+    """
     collector = ns.socket()
     collector.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     collector.bind(("127.0.0.1", 8099))
@@ -75,27 +83,51 @@ async def browse(ns: NetNS, page: Path, url: str, protocols: str = "[]") -> str:
         "--disable-sync",
         "--ignore-certificate-errors",
         f"--user-data-dir={profile}",
-        f"file://{page}?{query}",
+        f"http://127.0.0.1:8099/page.html?{query}" if served else f"file://{page}?{query}",
     ]
+    body = await trio.Path(page).read_bytes()
+    results: list[str] = []
+    reported = trio.Event()
+
+    async def answer(stream: trio.SocketStream) -> None:
+        # Each connection on its own: the browser may open one it never uses.
+        with contextlib.suppress(trio.BrokenResourceError):
+            async with stream:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        return
+                    request += chunk
+                path = request.split(b"\r\n", 1)[0].decode().split(" ")[1]
+                if path.startswith("/result"):
+                    results.append(urllib.parse.unquote(path.partition("?")[2]))
+                    reported.set()
+                    await stream.send_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                elif served and path.startswith("/page.html"):
+                    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
+                    head += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                    await stream.send_all(head + body)
+                else:
+                    await stream.send_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
     browser = await ns.start(argv, label="chromium")
     try:
-        with trio.fail_after(60):
-            stream = await listener.accept()
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    break
-                request += chunk
-            await stream.send_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
-            await stream.aclose()
+        async with trio.open_nursery() as nursery:
+
+            async def accept_all() -> None:
+                while True:
+                    nursery.start_soon(answer, await listener.accept())
+
+            nursery.start_soon(accept_all)
+            with trio.fail_after(60):
+                await reported.wait()
+            nursery.cancel_scope.cancel()
     finally:
         browser.proc.kill()
         await browser.wait()
         await listener.aclose()
-    line = request.split(b"\r\n", 1)[0].decode()
-    path = line.split(" ")[1]
-    return urllib.parse.unquote(path.partition("?")[2])
+    return results[0]
 
 
 async def test_chromium_joins_with_a_token_in_the_query(world: NsFactory, tmp_path: Path) -> None:
@@ -126,3 +158,26 @@ async def test_chromium_over_wss_with_a_token_subprotocol(world: NsFactory, tmp_
     assert result == "arp-reply 02:77:73:00:00:01 192.168.86.1 protocol=binary"
     refused = await browse(ns, page, "wss://localhost:8087/", '["binary", "token.wrong"]')
     assert refused.startswith(("error", "closed")), refused
+    # Only the token offered: the server echoes no subprotocol (never the token), and a
+    # browser fails such a connection; hence "offer binary too" in docs/security.md.
+    only = await browse(ns, page, "wss://localhost:8087/", '["token.sub-token"]')
+    assert only.startswith(("error", "closed")), only
+
+
+async def test_chromium_page_of_another_origin_is_refused(world: NsFactory, tmp_path: Path) -> None:
+    """A real cross-site WebSocket: only the page of the allowed origin joins."""
+    chromium()
+    page = tmp_path / "page.html"
+    page.write_text(PAGE)
+    ns = world.new("srv")
+    server = await ns.start_wsnic("--allow-origin", "http://127.0.0.1:8099")
+    result = await browse(ns, page, "ws://127.0.0.1:8086/", served=True)
+    assert result == "arp-reply 02:77:73:00:00:01 192.168.86.1 protocol="
+    await server.log.wait_for(
+        r"client 1 connected: ws .* on wstap\d+, origin http://127\.0\.0\.1:8099$"
+    )
+    # The same page opened from its file has the opaque origin "null": refused, no TAP.
+    refused = await browse(ns, page, "ws://127.0.0.1:8086/")
+    assert refused.startswith(("error", "closed")), refused
+    await server.log.wait_for(r"refused \(HTTP 403\): origin null is not allowed on this server")
+    assert not server.log.find(r"client 2 connected")

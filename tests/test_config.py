@@ -96,6 +96,16 @@ def test_toml_file(tmp_path: Path) -> None:
     assert (cfg.ws_port, str(cfg.subnet), cfg.ping_interval) == (9100, "10.3.0.0/24", 3.0)
 
 
+def test_allow_origin_from_flags_and_files(tmp_path: Path) -> None:
+    cfg = config_from_args(["--allow-origin", "https://Lab.Example.org", "--allow-origin", "null"])
+    assert [str(p) for p in cfg.allow_origin] == ["https://lab.example.org", "null"]
+    conf = tmp_path / "relay.toml"
+    conf.write_text('allow_origin = ["https://v86.example.org", "*.example.net:*"]\n')
+    cfg = config_from_args(["-c", str(conf)])
+    assert [str(p) for p in cfg.allow_origin] == ["https://v86.example.org", "*.example.net:*"]
+    assert Config().allow_origin == ()
+
+
 @pytest.mark.parametrize(
     ("text", "suffix", "message"),
     [
@@ -132,6 +142,16 @@ def test_missing_file() -> None:
         (["-b", "this-name-is-too-long"], "not a valid interface name"),
         (["--ping-interval", "0"], "must be greater than 0"),
         (["--ping-interval", "50", "--ping-timeout", "40"], "must be longer than ping_interval"),
+        (
+            ["--allow-origin", "https://lab.example.org/v86/"],
+            "--allow-origin: 'https://lab.example.org/v86/' is not an origin: an origin has no "
+            "path (write https://lab.example.org)",
+        ),
+        (["--allow-origin", "*"], "to accept every origin, give no --allow-origin"),
+        (["--allow-origin", "lab.*.org"], "a wildcard may only stand for the leading labels"),
+        (["--allow-origin", "https://lab.example.org:0"], "0 is not a TCP port"),
+        (["--allow-origin", "https://l\u00e4b.example.org"], "is not a host name"),
+        (["--allow-origin", "https://[::g]"], "is not a host name or"),
     ],
 )
 def test_bad_values(argv: list[str], message: str) -> None:

@@ -204,6 +204,12 @@ def test_unknown_request_is_not_sent() -> None:
             "-vv",
             "--lock-mac",
             "all",
+            "--allow-origin",
+            "HTTPS://Lab.Example.org:443",
+            "--allow-origin",
+            "*.example.net:*",
+            "--allow-origin",
+            "http://[0::1]:8000",
         ],
     ],
 )

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from transports.base import FrameCheck
+from transports.websocket import choose_subprotocol
 from transports.websocket_protocol import Phase, WebSocketProtocol
 
 CHECK = FrameCheck(max_frame=1518)
@@ -219,3 +220,52 @@ def test_byte_by_byte() -> None:
     for i in range(len(wire)):
         got += server.receive(wire[i : i + 1])
     assert got == [FRAME]
+
+
+def upgrade_head(size: int) -> bytes:
+    """A valid upgrade request whose head (up to and including the blank line) is ``size``."""
+    start = (
+        b"GET / HTTP/1.1\r\nHost: lan\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Pad: "
+    )
+    head = start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+    assert len(head) == size
+    return head
+
+
+def feed(data: bytes, chunk: int) -> WebSocketProtocol:
+    server = WebSocketProtocol(client=False, check=CHECK)
+    for i in range(0, len(data), chunk):
+        server.receive(data[i : i + chunk])
+    return server
+
+
+def test_handshake_limit_is_16384_bytes_however_the_bytes_arrive() -> None:
+    """The server reads 16 KiB at a time; a head must not pass by completing in the
+    read after the one that filled the limit (it used to, up to ~32 KiB)."""
+    # Whole, in the server's read size, and in small pieces; with a frame right behind.
+    frame = b"\x82\x8e" + bytes(4) + bytes(14)  # a masked binary frame (all-zero mask)
+    for chunk in (1 << 20, 16 * 1024, 1000, 1):
+        ok = feed(upgrade_head(16384) + frame, chunk)
+        assert ok.phase is Phase.HANDSHAKE and ok.request is not None, chunk
+        assert ok.data_to_send() == b""
+        assert ok.accept().startswith(b"HTTP/1.1 101 ")
+        assert ok.receive(None) == [bytes(14)], "the frame behind the head is kept"
+        for size in (16385, 30000):
+            refused = feed(upgrade_head(size), chunk)
+            reply = refused.data_to_send()
+            assert reply.startswith(b"HTTP/1.1 431 Request Header Fields Too Large"), (size, chunk)
+            assert b"over the 16384-byte limit" in reply
+            assert refused.request is None and refused.phase is Phase.CLOSED
+
+
+def test_subprotocol_choice_never_echoes_a_token() -> None:
+    assert choose_subprotocol(("token.s3cret", "binary"), tokens=True) == "binary"
+    assert choose_subprotocol(("token.s3cret", "binary"), tokens=False) == "binary"
+    # Only tokens offered: nothing to echo (a browser then fails; docs say offer binary).
+    assert choose_subprotocol(("token.s3cret",), tokens=True) is None
+    assert choose_subprotocol(("token.s3cret",), tokens=False) is None
+    # With a token file every subprotocol is tried as a token: only binary is echoed.
+    assert choose_subprotocol(("s3cret",), tokens=True) is None
+    assert choose_subprotocol(("token.s3cret", "chat"), tokens=False) == "chat"
+    assert choose_subprotocol((), tokens=False) is None

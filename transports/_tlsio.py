@@ -38,6 +38,11 @@ class TlsContext:
     def _load(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        # A TLS 1.2 client may ask for a new handshake at any time; each costs the server
+        # a full key exchange (a cheap CPU drain) and nothing here needs one. OpenSSL 3
+        # refuses client renegotiation by default, 1.1.1 and a local openssl.cnf
+        # (Options = ClientRenegotiation) may not: say so ourselves.
+        ctx.options |= ssl.OP_NO_RENEGOTIATION
         ctx.set_alpn_protocols(["http/1.1"])
         try:
             ctx.load_cert_chain(self.certificate, self.private_key)
@@ -110,6 +115,9 @@ class TlsSocketIO(SocketIO):
             try:
                 data = self._tls.read(size)
             except ssl.SSLWantReadError:
+                # What TLS itself has to say first (a refused renegotiation's alert, a
+                # key update) must go out before we wait, or the peer waits for it too.
+                await self._flush()
                 raw = await super().recv_some(size)
                 if not raw:
                     return b""  # EOF without close_notify: treated like any EOF

@@ -29,6 +29,7 @@ __all__ = [
     "Transport",
     "normalize_ip",
     "peer_address",
+    "printable",
 ]
 
 ETH_HEADER = 14
@@ -86,6 +87,38 @@ def peer_address(addr: object) -> tuple[str, str | None]:
         host = f"[{ip}]" if ":" in ip else ip
         return f"{host}:{addr[1]}", ip
     return str(addr), None
+
+
+def _shown(char: str, backslash: bool) -> str:
+    if char == "\\":
+        return "\\\\" if backslash else char
+    return char if char.isprintable() else _escape(char)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str, limit: int = 200, *, backslash: bool = True) -> str:
+    """``text`` as it may go into a log line, an API answer or a table cell.
+
+    Peers choose their socket names and their Origin header: a newline in one would
+    forge a log line, an escape sequence would drive the operator's terminal. Control
+    and other invisible characters become ``\\xNN`` / ``\\uNNNN`` (bytes that were not
+    UTF-8, decoded with ``surrogateescape``, show as the byte), a backslash is doubled
+    so the result is unambiguous (``backslash=False`` leaves it, for text that was
+    escaped already), and anything over ``limit`` characters is cut.
+    """
+    if len(text) > limit:
+        return printable(text[:limit], limit, backslash=backslash) + "..."
+    if text.isprintable() and not (backslash and "\\" in text):
+        return text
+    return "".join(_shown(c, backslash) for c in text)
 
 
 @runtime_checkable
@@ -153,6 +186,9 @@ class AdmissionRequest:
     remote_ip: str | None
     #: Credentials the client may have presented (URL query, Bearer header, subprotocols).
     tokens: tuple[str, ...] = ()
+    #: The WebSocket ``Origin`` header as sent (browsers always send one); None when the
+    #: client sent none (scripts, v86 in Node) or the transport has no such thing.
+    origin: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +199,9 @@ class Rejection:
     reason: str
     #: WebSocket close code for a peer that is already connected.
     close_code: int = 1008
+    #: The ``reason`` label of ``wsnic_refused_total`` when the status alone does not
+    #: say it (403 is a wrong token or a refused Origin).
+    kind: str | None = None
 
 
 class PeerHandler(Protocol):

@@ -45,7 +45,7 @@ from wsnic_trio._exceptions import PeerClosed, SetupError
 from ._listen import bind_all, serve_link
 from ._packetio import PacketLink
 from ._unixpath import UnixPath, bind_unix
-from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler, Rejection
+from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler, Rejection, printable
 
 if TYPE_CHECKING:
     from wsnic_trio._config import Config
@@ -66,9 +66,10 @@ Address = str | bytes
 
 
 def _name(addr: Address) -> str:
+    """The peer's name in logs and the API; the peer chose it, so it is escaped."""
     if isinstance(addr, bytes):  # Linux abstract address: a leading NUL
-        return "unix:@" + addr[1:].decode(errors="replace")
-    return f"unix:{addr}"
+        return "unix:@" + printable(addr[1:].decode(errors="surrogateescape"))
+    return "unix:" + printable(addr)
 
 
 class DgramLink:

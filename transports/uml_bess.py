@@ -23,7 +23,7 @@ from wsnic_trio._exceptions import SetupError
 from ._listen import accept_forever, bind_all, serve_link
 from ._packetio import PacketLink
 from ._unixpath import bind_unix
-from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler
+from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler, printable
 
 if TYPE_CHECKING:
     from wsnic_trio._config import Config
@@ -34,14 +34,17 @@ log = logging.getLogger("wsnic_trio.bess")
 
 
 def _remote(conn: socket.socket, path: str) -> str:
-    """UML's own ``src`` path when it bound one, else the listener's path."""
+    """UML's own ``src`` path when it bound one, else the listener's path.
+
+    The peer chose its path, so it is escaped (:func:`~transports.base.printable`).
+    """
     try:
         peer = conn.getpeername()
     except OSError:
         peer = ""
     if isinstance(peer, bytes):
-        peer = "@" + peer[1:].decode(errors="replace")
-    return f"unix:{peer or path}"
+        return "unix:@" + printable(peer[1:].decode(errors="surrogateescape"))
+    return "unix:" + printable(peer or path)
 
 
 class BessTransport:

@@ -30,7 +30,15 @@ from ._listen import accept_forever
 from ._netaddr import bind_all_addresses, connect_any
 from ._sockio import SocketIO, is_disconnect
 from ._tlsio import TlsContext, TlsSocketIO
-from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler, Rejection, peer_address
+from .base import (
+    AdmissionRequest,
+    FrameCheck,
+    Liveness,
+    PeerHandler,
+    Rejection,
+    peer_address,
+    printable,
+)
 from .websocket_protocol import PLAIN_PAGE, TLS_PAGE, HandshakeRequest, Phase, WebSocketProtocol
 
 if TYPE_CHECKING:
@@ -57,12 +65,15 @@ class WebSocketLink:
         transport: str = "ws",
         remote_ip: str | None = None,
         subprotocol: str | None = None,
+        origin: str | None = None,
     ) -> None:
         self.transport = transport
         self.io = io
         self.proto = proto
         self.remote = remote
         self.remote_ip = remote_ip
+        #: The browser page's origin, escaped for logs and the API (None: not a browser).
+        self.origin = printable(origin) if origin is not None else None
         self.liveness = liveness
         self.last_received = trio.current_time()
         self.drops: collections.Counter[str] = proto.drops
@@ -188,14 +199,27 @@ def token_candidates(request: HandshakeRequest) -> tuple[str, ...]:
     return tuple(found[:8])
 
 
-def choose_subprotocol(offered: tuple[str, ...]) -> str | None:
-    """Echo one offered subprotocol (browsers fail a connection whose offer is ignored).
+def origin_header(request: HandshakeRequest) -> str | None:
+    """The ``Origin`` header as sent (several are joined, and then match no pattern)."""
+    values = [v.decode("latin-1") for k, v in request.headers if k.lower() == b"origin"]
+    return ", ".join(values) if values else None
 
-    ``binary`` is preferred so that a token sent as a subprotocol is not echoed back.
+
+def choose_subprotocol(offered: tuple[str, ...], *, tokens: bool) -> str | None:
+    """The offered subprotocol to echo in the ``101``, never one that may be a credential.
+
+    Browsers fail a connection whose server selects none of the subprotocols they
+    offered, but echoing ``token.X`` would copy the secret into the response (proxy
+    logs, the page's ``ws.protocol``). So: ``binary`` when offered; else the first that
+    is not ``token.*``, and with ``tokens`` (an auth token file, where any subprotocol
+    is tried as a token) none. No echo is valid RFC 6455; a page that sends its token
+    as a subprotocol must offer ``binary`` too (docs/security.md).
     """
-    if not offered:
+    if "binary" in offered:
+        return "binary"
+    if tokens:
         return None
-    return "binary" if "binary" in offered else offered[0]
+    return next((name for name in offered if not name.startswith("token.")), None)
 
 
 class WebSocketTransport:
@@ -291,6 +315,7 @@ class WebSocketTransport:
                 transport=self.name,
                 remote_ip=ip,
                 subprotocol=subprotocol or None,
+                origin=origin_header(proto.request) if proto.request else None,
             )
             await handler(link)
         except* ssl.SSLError as group:
@@ -327,10 +352,22 @@ class WebSocketTransport:
             proto.receive(data)
             request = proto.request
             if request is not None and proto.phase is Phase.HANDSHAKE:
-                admission = AdmissionRequest(self.name, ip, token_candidates(request))
+                admission = AdmissionRequest(
+                    self.name, ip, token_candidates(request), origin_header(request)
+                )
                 rejection = handler.admit(admission)
                 if rejection is None:
-                    return choose_subprotocol(request.subprotocols) or ""
+                    offered = request.subprotocols
+                    tokens = self.config.auth_token_file is not None
+                    chosen = choose_subprotocol(offered, tokens=tokens)
+                    if offered and chosen is None:
+                        log.info(
+                            "%s: none of the %d offered subprotocols can be echoed (a token "
+                            "never is): a browser fails this connection; offer 'binary' too",
+                            remote,
+                            len(offered),
+                        )
+                    return chosen or ""
                 log.info(
                     "%s: refused (HTTP %d): %s", remote, rejection.http_status, rejection.reason
                 )

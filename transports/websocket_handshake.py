@@ -17,7 +17,10 @@ from wsproto.utilities import generate_accept_token, generate_nonce
 
 __all__ = ["ClientHandshake", "HandshakeError", "HandshakeRequest", "ServerHandshake"]
 
+#: The most bytes an upgrade request's head (request line, headers and the blank line
+#: that ends them) may take; one more gets 431.
 MAX_HANDSHAKE = 16 * 1024
+_TOO_LARGE = f"request line and headers over the {MAX_HANDSHAKE}-byte limit"
 
 
 class HandshakeError(Exception):
@@ -70,14 +73,18 @@ class ServerHandshake:
         self._key: bytes | None = None
         self.request: HandshakeRequest | None = None
         self.trailing = b""
+        self._fed = 0
 
     def receive(self, data: bytes) -> HandshakeRequest | None:
         """Feed bytes (``b""`` at EOF); the request once complete. Raises HandshakeError."""
+        self._fed += len(data)
         self._h11.receive_data(data)
         while True:
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
+                if exc.error_status_hint == 431:  # the head is incomplete and over the limit
+                    raise HandshakeError(431, _TOO_LARGE) from None
                 # h11's message may quote the client's bytes: keep only its first words.
                 what = str(exc).split(":", 1)[0]
                 raise HandshakeError(exc.error_status_hint, f"bad HTTP request: {what}") from None
@@ -89,6 +96,12 @@ class ServerHandshake:
             if isinstance(event, h11.ConnectionClosed):
                 raise HandshakeError(400, "connection closed during the handshake")
             if isinstance(event, h11.Request):
+                # h11 limits only a head that is still incomplete, so one that arrives
+                # whole (or completes in the read after the one that reached the limit)
+                # could be up to twice as big: count what the head took.
+                head = self._fed - len(self._h11.trailing_data[0])
+                if head > MAX_HANDSHAKE:
+                    raise HandshakeError(431, _TOO_LARGE)
                 self._check(event)
 
     def _check(self, req: h11.Request) -> None:

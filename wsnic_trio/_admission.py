@@ -1,4 +1,4 @@
-"""Who may join the LAN: tokens, client limits, and a brake on guessing.
+"""Who may join the LAN: browser origins, tokens, client limits, and a brake on guessing.
 
 All decisions are made before a TAP exists, and all of them are synchronous and cheap:
 an attacker's connection costs a socket and a few microseconds, never a device. Nothing
@@ -9,16 +9,138 @@ SIGHUP.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hmac
+import ipaddress
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from transports.base import AdmissionRequest, Rejection
+from transports.base import AdmissionRequest, Rejection, printable
 
 from ._exceptions import ConfigError
 
-__all__ = ["Admission", "FailureLimiter", "TokenStore"]
+__all__ = [
+    "Admission",
+    "FailureLimiter",
+    "OriginPattern",
+    "TokenStore",
+    "parse_origin",
+    "parse_origin_pattern",
+]
+
+# -- browser origins (--allow-origin) ---------------------------------------------------
+
+#: The port of an origin that names none: its scheme's default (RFC 6454).
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*"
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
+_ORIGIN = re.compile(rf"({_SCHEME})://(\[[^\]]*\]|[^:/\[\]]*)(?::([0-9]{{1,5}}))?")
+_PATTERN = re.compile(rf"(?:({_SCHEME})://)?(\*\.)?(\[[^\]]*\]|[^:/\[\]]*)(?::([0-9]{{1,5}}|\*))?")
+_PATTERN_SYNTAX = (
+    "write SCHEME://HOST[:PORT] (https://lab.example.org), HOST[:PORT] for both http and "
+    "https, *.DOMAIN for every subdomain of DOMAIN, or null"
+)
+ANY_PORT = -1
+
+
+def _host(text: str) -> str | None:
+    """A host as a serialized origin spells it (lower case; IPv6 bracketed, compressed)."""
+    text = text.lower()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            return f"[{ipaddress.IPv6Address(text[1:-1])}]"
+        except ValueError:
+            return None
+    return text if _HOST_NAME.fullmatch(text) else None
+
+
+def parse_origin(value: str) -> tuple[str, str, int | None] | None:
+    """``(scheme, host, port)`` of an ``Origin`` header; None for ``null`` or garbage.
+
+    The port is the one named, else the scheme's default (None for schemes without one).
+    """
+    m = _ORIGIN.fullmatch(value.strip())
+    host = _host(m[2]) if m else None
+    if m is None or host is None:
+        return None
+    scheme = m[1].lower()
+    return scheme, host, int(m[3]) if m[3] else _DEFAULT_PORTS.get(scheme)
+
+
+@dataclasses.dataclass(frozen=True)
+class OriginPattern:
+    """One ``--allow-origin`` value (docs/security.md#browser-origins); see :meth:`matches`."""
+
+    #: The canonical spelling (lower case), as ``--help`` and the logs show it.
+    text: str
+    #: None: http or https.
+    scheme: str | None
+    #: The host, or for a wildcard the domain after ``*.``.
+    host: str
+    wildcard: bool
+    #: None: the scheme's default port; :data:`ANY_PORT`: any.
+    port: int | None
+
+    def __str__(self) -> str:
+        return self.text
+
+    def matches(self, origin: str) -> bool:
+        """Whether a browser's ``Origin`` header value is one this pattern allows."""
+        if self.text == "null":
+            return origin.strip() == "null"
+        parsed = parse_origin(origin)
+        if parsed is None:
+            return False
+        scheme, host, port = parsed
+        schemes = (self.scheme,) if self.scheme else ("http", "https")
+        if scheme not in schemes:
+            return False
+        if not (host.endswith("." + self.host) if self.wildcard else host == self.host):
+            return False
+        if self.port == ANY_PORT:
+            return True
+        wanted = self.port if self.port is not None else _DEFAULT_PORTS.get(scheme)
+        return port == wanted
+
+
+def parse_origin_pattern(text: str) -> OriginPattern:
+    """Check one ``--allow-origin`` value; ValueError says what is wrong and how to write it."""
+    raw = text.strip()
+    if raw.lower() == "null":
+        return OriginPattern("null", None, "null", False, None)
+    scheme_part, _, rest = raw.rpartition("://")
+    if "/" in rest:
+        base = (scheme_part + "://" if scheme_part else "") + rest.split("/", 1)[0]
+        raise ValueError(f"{text!r} is not an origin: an origin has no path (write {base})")
+    m = _PATTERN.fullmatch(raw)
+    if m is None:
+        raise ValueError(f"{text!r} is not an origin pattern: {_PATTERN_SYNTAX}")
+    scheme = m[1].lower() if m[1] else None
+    wildcard = bool(m[2])
+    if "*" in m[3] or (wildcard and m[3].startswith("[")):
+        raise ValueError(
+            f"{text!r}: a wildcard may only stand for the leading labels of a name "
+            "(*.example.org); to accept every origin, give no --allow-origin"
+        )
+    host = _host(m[3])
+    if host is None:
+        raise ValueError(f"{text!r}: {m[3]!r} is not a host name or [IPv6] address")
+    port: int | None = None
+    if m[4] == "*":
+        port = ANY_PORT
+    elif m[4]:
+        port = int(m[4])
+        if not 1 <= port <= 65535:
+            raise ValueError(f"{text!r}: {port} is not a TCP port (1-65535)")
+    canonical = (
+        (f"{scheme}://" if scheme else "")
+        + ("*." if wildcard else "")
+        + host
+        + (f":{m[4]}" if m[4] else "")
+    )
+    return OriginPattern(canonical, scheme, host, wildcard, port)
 
 
 class TokenStore:
@@ -102,7 +224,7 @@ class FailureLimiter:
 
 
 class Admission:
-    """The server's admission policy: authentication, then client limits."""
+    """The server's admission policy: the browser origin, authentication, client limits."""
 
     def __init__(
         self,
@@ -111,16 +233,37 @@ class Admission:
         max_clients: int = 0,
         max_clients_per_ip: int = 0,
         limiter: FailureLimiter | None = None,
+        origins: Sequence[OriginPattern] = (),
     ) -> None:
         self.tokens = tokens
         self.max_clients = max_clients
         self.max_clients_per_ip = max_clients_per_ip
         self.limiter = limiter or FailureLimiter()
+        #: ``--allow-origin``; empty: every origin.
+        self.origins = tuple(origins)
         self.clients = 0
         self.per_ip: collections.Counter[str] = collections.Counter()
 
+    def origin_refused(self, origin: str | None) -> Rejection | None:
+        """A page of another site must not join (cross-site WebSocket).
+
+        Only browsers send ``Origin``, and a page cannot leave it out or change it; a
+        client without one is a program, which could send any Origin it liked, so a
+        missing header passes: the check protects browsers' users, tokens protect the LAN.
+        The check comes before the token's, and a refusal costs no login try.
+        """
+        if not self.origins or origin is None:
+            return None
+        if any(pattern.matches(origin) for pattern in self.origins):
+            return None
+        shown = printable(origin, 100)
+        return Rejection(403, f"origin {shown} is not allowed on this server", 1008, "origin")
+
     def check(self, request: AdmissionRequest, *, authenticate: bool = True) -> Rejection | None:
         ip = request.remote_ip
+        refused = self.origin_refused(request.origin)
+        if refused is not None:
+            return refused
         if authenticate and self.tokens.enabled:
             if ip is not None and self.limiter.blocked(ip):
                 return Rejection(429, "too many failed logins from this address; try later", 1008)

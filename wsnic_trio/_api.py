@@ -493,6 +493,7 @@ class ApiServer:
             "id": info.id,
             "transport": info.transport,
             "remote": info.remote,
+            "origin": info.origin,
             "tap": info.tap,
             "mac": mac_text(stats.mac),
             "ip": str(lease.ip) if lease is not None else None,

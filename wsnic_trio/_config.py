@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from ._admission import OriginPattern, parse_origin_pattern
 from ._endpoints import (
     ApiEndpoint,
     ForwardSpec,
@@ -123,6 +124,10 @@ def _lock_mac(text: str) -> str:
 
 def _path(text: str) -> Path | None:
     return Path(text) if text else None
+
+
+def _origin_pattern(text: str) -> OriginPattern:
+    return parse_origin_pattern(text)  # the admission policy owns the syntax
 
 
 # -- VM transports (see docs/transports/) ----------------------------------------------
@@ -346,6 +351,17 @@ class Config:
         metavar="FILE",
         help="require WebSocket clients to present one of the tokens in FILE (one per line, "
         "# comments; re-read on SIGHUP); off by default",
+    )
+    allow_origin: tuple[OriginPattern, ...] = _opt(
+        (),
+        "--allow-origin",
+        parse=_origin_pattern,
+        kind="list",
+        metavar="ORIGIN",
+        help="accept WebSocket clients from browser pages of this origin only (HTTP 403 for "
+        "others): https://lab.example.org, HOST[:PORT] for http and https, *.example.org "
+        "for its subdomains, null; a client that sends no Origin (not a browser) always "
+        "passes; default: every origin",
     )
     max_clients: int = _opt(
         0,

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import signal
+import urllib.parse
 
 import trio
 
@@ -41,6 +42,23 @@ class ConnectOptions:
     once: bool = False
 
 
+def shown_url(url: str) -> str:
+    """The URL as logs show it: a ``?token=`` value is a credential (``?token=***``).
+
+    The name is compared as the server reads it (percent-decoded), so ``?%74oken=`` is
+    hidden too.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if not parts.query:
+        return url
+    fields = [
+        f"{name}=***" if urllib.parse.unquote_plus(name) == "token" else field
+        for field in parts.query.split("&")
+        for name in [field.partition("=")[0]]
+    ]
+    return urllib.parse.urlunsplit(parts._replace(query="&".join(fields)))
+
+
 async def _session(opts: ConnectOptions, tap: TapDevice) -> None:
     check = FrameCheck(opts.mtu + 18)
     # One dialer per transport module, chosen by the URL's scheme (ws:, qemu+unix:, bess:...).
@@ -50,7 +68,7 @@ async def _session(opts: ConnectOptions, tap: TapDevice) -> None:
         liveness=Liveness(ping_interval=opts.ping_interval, timeout=opts.ping_timeout),
     )
     stats = RelayStats()
-    log.info("connected to %s; relaying %s", opts.url, tap.name)
+    log.info("connected to %s; relaying %s", shown_url(opts.url), tap.name)
     reason: BaseException | None = None
     try:
         await relay(link, tap, FramePolicy(check, stats.drops), stats)
@@ -58,7 +76,12 @@ async def _session(opts: ConnectOptions, tap: TapDevice) -> None:
         reason = group.exceptions[0]
         raise
     finally:
-        log.info("disconnected from %s (%s): %s", opts.url, reason or "stopping", stats.summary())
+        log.info(
+            "disconnected from %s (%s): %s",
+            shown_url(opts.url),
+            reason or "stopping",
+            stats.summary(),
+        )
         await link.aclose(reason)
 
 
@@ -78,7 +101,7 @@ async def run_connect(
             except* SetupError:
                 raise
             except* (PeerError, OSError, trio.TooSlowError) as group:
-                log.warning("connection to %s ended: %s", opts.url, group.exceptions[0])
+                log.warning("connection to %s ended: %s", shown_url(opts.url), group.exceptions[0])
             if opts.once:
                 return
             if trio.current_time() - started > 10 * opts.retry_max:

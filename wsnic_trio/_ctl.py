@@ -18,6 +18,8 @@ from typing import Any
 import h11
 import trio
 
+from transports.base import printable
+
 from ._endpoints import ApiEndpoint, parse_api_endpoint
 
 __all__ = ["ApiClient", "ApiReply", "main"]
@@ -124,7 +126,13 @@ def _size(n: int) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    """Aligned columns. Control characters in cells are escaped: peers name themselves
+    (socket paths, DHCP host names), and one must not reach the terminal. The server
+    escapes what it shows already, so a backslash stays as it is."""
+    cells = [
+        [("-" if v is None else printable(str(v), 1000, backslash=False)) for v in row]
+        for row in rows
+    ]
     widths = [len(h) for h in headers]
     for row in cells:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]

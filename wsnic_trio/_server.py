@@ -74,6 +74,8 @@ class PeerInfo:
     cancel_scope: trio.CancelScope
     #: Set when a newer connection with the same MAC ended this one.
     replaced_by: int | None = None
+    #: The browser page's origin (WebSocket ``Origin`` header, escaped); None without one.
+    origin: str | None = None
     #: Why the control API disconnected this peer (``kick``).
     kicked: str | None = None
     #: What the transport itself dropped (counted there, shown by the API).
@@ -107,6 +109,7 @@ class Server:
             self.tokens,
             max_clients=config.max_clients,
             max_clients_per_ip=config.max_clients_per_ip,
+            origins=config.allow_origin,
         )
         self.bridge_mac = bytes.fromhex(BRIDGE_MAC.replace(":", ""))
         #: What no client may send (gateway impersonation, rogue DHCP, IPv6 RAs).
@@ -155,9 +158,8 @@ class Server:
     def admit(self, request: AdmissionRequest) -> Rejection | None:
         rejection = self.admission.check(request)
         if rejection is not None:
-            self.refused[
-                (request.transport, _REFUSAL_KINDS.get(rejection.http_status, "other"))
-            ] += 1
+            kind = rejection.kind or _REFUSAL_KINDS.get(rejection.http_status, "other")
+            self.refused[(request.transport, kind)] += 1
         return rejection
 
     async def __call__(self, link: PeerLink) -> None:
@@ -276,17 +278,20 @@ class Server:
                         peer_id, link.transport, link.remote, link.remote_ip, tap.name, stats, scope
                     )
                     info.link_drops = link.drops
+                    # Only WebSocket links have an Origin (a browser's page); not in PeerLink.
+                    info.origin = getattr(link, "origin", None)
                     self.peers[peer_id] = info
                     self.totals.setdefault(link.transport, Totals()).connections += 1
                     stats.on_mac = functools.partial(self._mac_seen, info)
                     if self.pcap is not None and self.pcap.capture_all:
                         self.pcap.start(info)
                     log.info(
-                        "client %d connected: %s %s on %s",
+                        "client %d connected: %s %s on %s%s",
                         peer_id,
                         link.transport,
                         link.remote,
                         tap.name,
+                        _origin_text(link),
                     )
                     self.events.publish(
                         "client-connected",
@@ -360,6 +365,13 @@ class Server:
                     reason=_describe(reason),
                 )
             await link.aclose(reason)
+
+
+def _origin_text(link: PeerLink) -> str:
+    """For the connect line: which page a browser client came from (no Origin: a program)."""
+    if not hasattr(link, "origin"):  # not a WebSocket link
+        return ""
+    return f", origin {link.origin}" if link.origin is not None else ", no Origin header"
 
 
 def _describe(reason: BaseException | None) -> str:
