@@ -127,8 +127,9 @@ def status_of(answer: bytes) -> int:
 class Churn:
     """WebSocket clients joining and leaving in a loop: a steady stream of events."""
 
-    def __init__(self, ns: NetNS, nursery: trio.Nursery) -> None:
+    def __init__(self, ns: NetNS, server: NsProcess, nursery: trio.Nursery) -> None:
         self.ns = ns
+        self.server = server
         self.nursery = nursery
         self.cycles = 0
         self.stopping = False
@@ -146,16 +147,19 @@ class Churn:
             self._tick = trio.Event()
 
     async def wait_cycles(self, count: int) -> None:
+        """Wait for ``count`` more cycles; fail at once if the server has ended."""
         target = self.cycles + count
         with trio.fail_after(60):
             while self.cycles < target:
-                await self._tick.wait()
+                with trio.move_on_after(0.5):
+                    await self._tick.wait()
+                assert self.server.proc.returncode is None, self.server.log.text()[-3000:]
 
 
 @contextlib.asynccontextmanager
-async def churning(ns: NetNS) -> AsyncIterator[Churn]:
+async def churning(lan: Lan) -> AsyncIterator[Churn]:
     async with trio.open_nursery() as nursery:
-        churn = Churn(ns, nursery)
+        churn = Churn(lan.srv, lan.server, nursery)
         nursery.start_soon(churn.run)
         await churn.wait_cycles(1)
         yield churn
@@ -230,7 +234,7 @@ async def test_event_subscribers_reset_while_events_are_written(
     """
     lan = await Lan.start(world, nursery, sockdir)
     subscribers = [await subscribe(lan.sock) for _ in range(8)]
-    async with churning(lan.srv) as churn:
+    async with churning(lan) as churn:
         # Wait until the server can write no more to any subscriber (what it has
         # written stops growing while events go on): each has a write in progress.
         last: list[int] = []
@@ -301,7 +305,7 @@ async def test_api_clients_vanishing_at_any_moment(
         (after_head, pipelined),
         (mid_request, request("POST", "/forwards", b'{"local": "127.0.0.1:0", "remote"')),
     ]
-    async with churning(lan.srv) as churn:
+    async with churning(lan) as churn:
         for moment, req in moments:
             for _ in range(5):
                 await moment(req)
@@ -458,7 +462,7 @@ async def test_ctl_events_ends_quietly_when_its_reader_or_its_user_goes(
     """``ctl events | head -1`` and Ctrl-C on ``ctl events`` while events flow: the tool
     ends with its exit code and no traceback, and the server does not notice."""
     lan = await Lan.start(world, nursery, sockdir)
-    async with churning(lan.srv):
+    async with churning(lan):
         for _ in range(3):
             ctl = await start_ctl_events(lan.sock, nursery)
             assert ctl.proc.stdout is not None
