@@ -63,6 +63,7 @@ class LeaseTable:
         self.leases: dict[bytes, Lease] = {}
         self._by_mac_ip: dict[bytes, bytes] = {}
         self._stamp: tuple[int, int] | None = None
+        self._stat_error: int | None = None
         #: Called (in the trio thread) with the old and new table after each change.
         self.on_change: list[Callable[[dict[bytes, Lease], dict[bytes, Lease]], None]] = []
         self._lock = trio.Lock()
@@ -77,8 +78,16 @@ class LeaseTable:
             st = os.stat(self.path)
         except FileNotFoundError:
             stamp = None
+        except OSError as exc:
+            # A directory this account cannot search (--user), say: the table stays as
+            # it was; the watcher and every reader go on.
+            if self._stat_error != exc.errno:
+                log.warning("cannot read lease file %s: %s", self.path, exc.strerror)
+                self._stat_error = exc.errno
+            return False
         else:
             stamp = (st.st_mtime_ns, st.st_size)
+        self._stat_error = None
         if stamp == self._stamp:
             return False
         self._stamp = stamp
