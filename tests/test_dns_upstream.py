@@ -25,7 +25,7 @@ import trio
 
 from .conftest import require
 from .lanhost import BUSYBOX, LanClient, add_client, require_tools
-from .netns import NetNS, NsFactory, NsProcess
+from .netns import NETNS_ETC, NetNS, NsFactory, NsProcess
 from .rootlesshost import (
     DEBIAN_PYTHON,
     make_runtime,
@@ -42,20 +42,18 @@ BRIDGE = "100.64.86.1"
 
 @contextlib.contextmanager
 def resolv_conf(ns: NetNS, text: str) -> Iterator[Path]:
-    """The resolv.conf that what is started in ``ns`` from now on sees; removed after."""
-    root = Path("/etc/netns")
-    made_root = not root.exists()
-    directory = root / ns.name
-    directory.mkdir(parents=True)
+    """The resolv.conf that what is started in ``ns`` from now on sees; removed after.
+
+    ``ns``'s own /etc/netns directory (made with its Debian hosts file, see
+    tests/netns.py) holds it; the namespace's teardown removes the directory.
+    """
+    path = NETNS_ETC / ns.name / "resolv.conf"
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        path = directory / "resolv.conf"
         path.write_text(text)
         yield path
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
-        if made_root:
-            with contextlib.suppress(OSError):  # another test may be using it
-                root.rmdir()
+        path.unlink(missing_ok=True)
 
 
 async def start_responder(ns: NetNS, address: str, *records: str) -> NsProcess:
