@@ -96,9 +96,9 @@ class GatewayRules:
             return "runt"
         if frame[26:30] == self.bridge_ip:
             return "claims-gateway"
-        if frame[23] != _IPPROTO_UDP or frame[20:22] not in (b"\0\0", b"\x40\0"):
-            # Not UDP, or a fragment: a later fragment has no ports, and without its
-            # first fragment (checked here) it never becomes a datagram.
+        if frame[23] != _IPPROTO_UDP or frame[20] & 0x1F or frame[21]:
+            # Not UDP, or a later fragment: it has no ports, and without its first
+            # fragment (which has them, and is checked here) it never becomes a datagram.
             return None
         start = 14 + (frame[14] & 0x0F) * 4
         ports = frame[start : start + 4]
