@@ -1,7 +1,8 @@
-"""Hand-built Ethernet frames for tests (ARP, ICMP echo, a custom EtherType)."""
+"""Hand-built Ethernet frames for tests (ARP, ICMP echo, UDP, IPv6, DHCP, a custom EtherType)."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import struct
 
@@ -169,3 +170,117 @@ def router_advert(src_mac: bytes, src_ip: str, prefix: str) -> bytes:
     )
     message = icmpv6(src_ip, "ff02::1", 134, 0, body)
     return ipv6(src_mac, mac("33:33:00:00:00:01"), src_ip, "ff02::1", 58, message)
+
+
+# -- DHCP (RFC 2131: a BOOTP header, the magic cookie, then options) --------------------
+
+DHCP_COOKIE = b"\x63\x82\x53\x63"
+DHCPDISCOVER, DHCPOFFER, DHCPREQUEST, DHCPDECLINE, DHCPACK, DHCPNAK, DHCPRELEASE = range(1, 8)
+DHCPINFORM = 8
+
+
+def dhcp_options(*options: tuple[int, bytes], end: bool = True) -> bytes:
+    """Options as code, length, value (and the END option unless ``end`` is False)."""
+    out = b"".join(bytes([code, len(value)]) + value for code, value in options)
+    return out + (b"\xff" if end else b"")
+
+
+def bootp(
+    chaddr: bytes,
+    options: bytes,
+    *,
+    op: int = 1,
+    htype: int = 1,
+    hlen: int = 6,
+    xid: int = 0x5E1F,
+    flags: int = 0x8000,
+    ciaddr: str = "0.0.0.0",
+    giaddr: str = "0.0.0.0",
+    cookie: bytes = DHCP_COOKIE,
+) -> bytes:
+    """A BOOTP message: the fixed header (broadcast flag set: replies come to everyone),
+    ``cookie`` and ``options`` as given."""
+    header = struct.pack(
+        "!BBBBIHH4s4s4s4s16s64s128s",
+        op,
+        htype,
+        hlen,
+        0,
+        xid,
+        0,
+        flags,
+        ip4(ciaddr),
+        ip4("0.0.0.0"),
+        ip4("0.0.0.0"),
+        ip4(giaddr),
+        chaddr,
+        b"",
+        b"",
+    )
+    return header + cookie + options
+
+
+def dhcp(
+    src_mac: bytes,
+    kind: int,
+    *,
+    chaddr: bytes | None = None,
+    client_id: bytes | None = None,
+    requested: str | None = None,
+    server: str | None = None,
+    ciaddr: str = "0.0.0.0",
+    xid: int = 0x5E1F,
+    dst_mac: bytes = BROADCAST,
+    src_ip: str = "0.0.0.0",
+    dst_ip: str = "255.255.255.255",
+) -> bytes:
+    """A DHCP client message (UDP 68 -> 67) from ``src_mac``; the client it names is
+    ``chaddr`` (default: ``src_mac``) with option 61 ``client_id`` if given."""
+    options: list[tuple[int, bytes]] = [(53, bytes([kind]))]
+    if client_id is not None:
+        options.append((61, client_id))
+    if requested is not None:
+        options.append((50, ip4(requested)))
+    if server is not None:
+        options.append((54, ip4(server)))
+    message = bootp(
+        chaddr if chaddr is not None else src_mac, dhcp_options(*options), xid=xid, ciaddr=ciaddr
+    )
+    return udp(src_mac, dst_mac, src_ip, dst_ip, 68, 67, message)
+
+
+@dataclasses.dataclass(frozen=True)
+class DhcpReply:
+    type: int  # option 53: DHCPOFFER, DHCPACK, DHCPNAK
+    xid: int
+    yiaddr: str
+    chaddr: bytes
+    options: dict[int, bytes]
+
+
+def parse_dhcp_reply(frame: bytes) -> DhcpReply | None:
+    """A DHCP server message (UDP 67 -> 68), or None for any other frame."""
+    if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+        return None
+    udp_at = 14 + (frame[14] & 0x0F) * 4
+    if frame[udp_at : udp_at + 4] != b"\x00\x43\x00\x44":
+        return None
+    message = frame[udp_at + 8 :]
+    if len(message) < 240 or message[0] != 2 or message[236:240] != DHCP_COOKIE:
+        return None
+    options: dict[int, bytes] = {}
+    at = 240
+    while at + 1 < len(message) and message[at] != 255:
+        if message[at] == 0:
+            at += 1
+            continue
+        length = message[at + 1]
+        options.setdefault(message[at], message[at + 2 : at + 2 + length])
+        at += 2 + length
+    return DhcpReply(
+        type=options.get(53, b"\0")[0],
+        xid=struct.unpack("!I", message[4:8])[0],
+        yiaddr=str(ipaddress.IPv4Address(message[16:20])),
+        chaddr=message[28:34],
+        options=options,
+    )

@@ -106,8 +106,7 @@ def test_guard_refusal_propagates() -> None:
 def test_guard_lock_ip() -> None:
     leases = {ME: pk.ip4("192.168.86.50")}
     guard = SourceGuard(BRIDGE, leased_ip=leases.get)
-    dhcp = pk.udp(ME, pk.BROADCAST, "0.0.0.0", "255.255.255.255", 68, 67)
-    assert guard.problem(dhcp) is None
+    assert guard.problem(pk.dhcp(ME, pk.DHCPDISCOVER)) is None
     assert guard.problem(pk.arp_request(ME, "192.168.86.50", "192.168.86.1")) is None
     assert guard.problem(pk.arp_request(ME, "192.168.86.51", "192.168.86.1")) == "spoofed-ip"
     good = pk.icmp_echo(ME, BRIDGE, "192.168.86.50", "192.168.86.1", 1, 1)
@@ -123,7 +122,7 @@ def test_guard_lock_ip() -> None:
 @pytest.mark.parametrize(
     ("frame", "problem"),
     [
-        (pk.udp(ME, pk.BROADCAST, "0.0.0.0", "255.255.255.255", 68, 67), None),
+        (pk.dhcp(ME, pk.DHCPDISCOVER), None),
         (pk.arp_request(ME, "0.0.0.0", "192.168.86.50"), None),  # RFC 5227 probe
         # Issue 11, defect 7: before a lease nothing but DHCP and ARP probes may leave
         # 0.0.0.0 (an ICMP flood or a UDP scan from "nowhere" is spoofing too).

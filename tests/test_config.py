@@ -43,6 +43,7 @@ VALUE_CASES = {
     "max_clients": ("64", 64),
     "max_clients_per_ip": ("4", 4),
     "rate_limit": ("2.5M", 2.5e6),
+    "broadcast_limit": ("50", 50),
     "max_queued_bytes": ("262144", 262144),
     "lock_mac": ("all", "all"),
     "socket_mode": ("0600", 0o600),

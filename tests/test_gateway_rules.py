@@ -62,6 +62,12 @@ LATER_FRAGMENT = b"\x00" + b"\x00\x08\x00\x00\x00\x01"
         # A rogue DHCP server.
         (pk.udp(ME, pk.BROADCAST, "192.168.86.66", "255.255.255.255", 67, 68), "dhcp-server"),
         (pk.udp(ME, pk.BROADCAST, "192.168.86.66", "192.168.86.50", 4000, 68), "dhcp-server"),
+        (
+            pk.udp(
+                ME, pk.BROADCAST, "192.168.86.66", "255.255.255.255", 67, 68, flags_fragment=0x2000
+            ),
+            "dhcp-server",
+        ),
         (_udp6(547, 546, dst="fe80::1"), "dhcpv6-server"),
         (_udp6(5000, 546, dst="fe80::1"), "dhcpv6-server"),
         # IPv6 routing.
@@ -90,6 +96,7 @@ LATER_FRAGMENT = b"\x00" + b"\x00\x08\x00\x00\x00\x01"
         "ipv4-from-gateway",
         "dhcp-offer",
         "udp-to-dhcp-client",
+        "dhcp-offer-first-fragment",
         "dhcpv6-reply",
         "udp-to-dhcpv6-client",
         "ra",

@@ -385,6 +385,14 @@ class Config:
         help="per-client limit in each direction (token bucket; k/M/G suffixes); frames "
         "over it are dropped and counted; 0 means off",
     )
+    broadcast_limit: int = _opt(
+        100,
+        "--broadcast-limit",
+        parse=_count,
+        metavar="FRAMES/S",
+        help="per-client limit on frames to broadcast and multicast addresses (token "
+        "bucket, bursts of twice that); frames over it are dropped and counted; 0 means off",
+    )
     max_queued_bytes: int = _opt(
         0,
         "--max-queued-bytes",
@@ -399,7 +407,8 @@ class Config:
         parse=_lock_mac,
         metavar="off|ws|all",
         help="fix each client's source MAC at its first frame and drop frames from any "
-        "other (ws: WebSocket clients only; all: every transport)",
+        "other, and DHCP requests naming another client (ws: WebSocket clients only; all: "
+        "every transport)",
     )
     lock_ip: bool = _opt(
         False,

@@ -114,7 +114,7 @@ class Server:
         self.bridge_mac = bytes.fromhex(BRIDGE_MAC.replace(":", ""))
         #: What no client may send (gateway impersonation, rogue DHCP, IPv6 RAs).
         self.rules = GatewayRules(self.bridge_mac, config.bridge_address.packed)
-        #: Which peer uses which source MAC (for peers whose MAC is locked).
+        #: Which connected peer owns which MAC (its first source MAC, for every peer).
         self.mac_owners: dict[bytes, int] = {}
         #: dnsmasq's leases, when the server runs DHCP.
         self.leases: LeaseTable | None = None
@@ -186,14 +186,28 @@ class Server:
         lock = self.config.lock_mac == "all" or (
             self.config.lock_mac == "ws" and link.transport in ("ws", "wss")
         )
+
+        def claim(mac: bytes) -> None:
+            self._claim_mac(peer_id, link, mac)
+
         guard = None
         if lock or self.config.lock_ip:
             guard = SourceGuard(
                 self.bridge_mac,
-                claim=lambda mac: self._claim_mac(peer_id, link, mac),
+                claim=claim,
                 leased_ip=self.leased_ip if self.config.lock_ip else None,
             )
-        return FramePolicy(self.check, stats.drops, guard, self.config.rate_limit, self.rules)
+        return FramePolicy(
+            self.check,
+            stats.drops,
+            guard,
+            self.config.rate_limit,
+            self.rules,
+            broadcast_limit=self.config.broadcast_limit,
+            # An unlocked peer (a VM) may send from other MACs too, but its first MAC is
+            # recorded all the same: nobody else may take it over.
+            claim=claim if guard is None else None,
+        )
 
     def leased_ip(self, mac: bytes) -> bytes | None:
         """The IPv4 address dnsmasq leased to ``mac`` (None: no lease known)."""
@@ -202,14 +216,20 @@ class Server:
     def _claim_mac(self, peer_id: int, link: PeerLink, mac: bytes) -> None:
         """A peer's first frame names its MAC; resolve a clash with a connected peer.
 
-        A newcomer from the same address takes the MAC over and the old connection is
-        closed: that is v86 reconnecting after a network drop, before the server has
-        noticed the old connection is dead. From another address it is refused.
+        Every peer's first MAC is recorded, locked or not, whatever its transport: the
+        bridge delivers a MAC's frames to the port that last sent from it, so a second
+        peer sending from it would take the first one's traffic.
+
+        A newcomer from the same address over the same transport takes the MAC over
+        and the old connection is closed: that is v86 reconnecting after a network
+        drop, before the server has noticed the old connection is dead. Otherwise it
+        is refused, also from the same host: a web page in a browser there can reach
+        the WebSocket listener, and must not take the MAC of a VM on a local socket.
         """
         owner_id = self.mac_owners.get(mac)
         owner = self.peers.get(owner_id) if owner_id is not None else None
         if owner is not None and owner_id != peer_id:
-            if owner.remote_ip != link.remote_ip:
+            if owner.remote_ip != link.remote_ip or owner.transport != link.transport:
                 raise refuse_mac(mac, f"client {owner_id}")
             log.info(
                 "client %d takes over MAC %s from client %d (same address: a reconnect)",
@@ -335,7 +355,7 @@ class Server:
                 exc_info=not isinstance(reason, PeerError | OSError),
             )
         finally:
-            mac = policy.guard.mac if policy.guard is not None else None
+            mac = policy.mac
             if mac is not None and self.mac_owners.get(mac) == peer_id:
                 del self.mac_owners[mac]
             info_gone = self.peers.pop(peer_id, None)
