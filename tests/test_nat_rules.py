@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
+from wsnic_trio import _nat
+from wsnic_trio._exceptions import SetupError
 from wsnic_trio._nat import NatPlan, TableNote, build_ruleset, delete_script, table_name
 
 NET = ipaddress.IPv4Network
 
 
-def _plan(allow: tuple[str, ...] = (), bridge: str = "wsbr0") -> NatPlan:
+def _plan(
+    allow: tuple[str, ...] = (), bridge: str = "wsbr0", uplink: str | None = "eth0"
+) -> NatPlan:
     return NatPlan(
         bridge=bridge,
         subnet=NET("192.168.86.0/24"),
         bridge_address=ipaddress.IPv4Address("192.168.86.1"),
-        uplink="eth0",
+        uplink=uplink,
         allow_private=[NET(a) for a in allow],
-        note=TableNote(4242, bridge, "0"),
+        note=TableNote(4242, bridge, "0" if uplink else None),
     )
+
+
+def _chain(text: str, name: str) -> list[str]:
+    """The rules of one chain, without its type line."""
+    body = text[text.index(f"chain {name} {{") :]
+    body = body[: body.index("\n    }")]
+    return [line.strip() for line in body.splitlines()[2:] if line.strip()]
 
 
 def test_one_table_replaced_atomically_with_its_note() -> None:
@@ -62,7 +75,8 @@ def test_private_networks_blocked_and_allowed_ones_first() -> None:
 
 
 def test_no_allow_rule_without_allowed_networks() -> None:
-    assert "} accept" not in build_ruleset(_plan())
+    lines = build_ruleset(_plan()).splitlines()
+    assert not [line for line in lines if "ip daddr {" in line and line.endswith("} accept")]
 
 
 def test_table_name_is_a_valid_nft_identifier() -> None:
@@ -76,7 +90,49 @@ def test_table_name_is_a_valid_nft_identifier() -> None:
 def test_note_round_trip_and_foreign_comments() -> None:
     note = TableNote(77, "wsbr0", "1")
     assert TableNote.parse(note.render()) == note
+    untouched = TableNote(78, "wsbr0", None)  # a run without -i changes no sysctl
+    assert untouched.render() == "wsnic-trio pid=78 bridge=wsbr0 ip_forward=-"
+    assert TableNote.parse(untouched.render()) == untouched
     assert TableNote.parse(None) is None
     assert TableNote.parse("set up by hand") is None
     assert TableNote.parse("wsnic-trio pid=x bridge=wsbr0 ip_forward=0") is None
     assert TableNote.parse("wsnic-trio pid=5 bridge=wsbr0") is None
+
+
+def test_without_inet_nothing_is_forwarded_into_or_out_of_the_lan() -> None:
+    text = build_ruleset(_plan(uplink=None))
+    assert _chain(text, "forward") == [
+        'iifname "wsbr0" oifname "wsbr0" accept',  # client to client stays the LAN's own
+        'oifname "wsbr0" drop',
+        'iifname "wsbr0" drop',
+    ]
+    assert "postrouting" not in text and "masquerade" not in text
+    assert 'comment "wsnic-trio pid=4242 bridge=wsbr0 ip_forward=-"' in text
+
+
+def test_host_input_is_filtered_in_both_families_in_both_modes() -> None:
+    for uplink in ("eth0", None):
+        rules = _chain(build_ruleset(_plan(uplink=uplink)), "input")
+        # DNS/DHCP on the bridge address answer only the LAN and the host itself.
+        assert rules[0] == (
+            'iifname != { "wsbr0", "lo" } ip daddr 192.168.86.1 '
+            "meta l4proto { tcp, udp } th dport { 53, 67 } drop"
+        )
+        assert 'iifname "wsbr0" ip daddr 192.168.86.0/24 accept' in rules
+        # IPv6 from the LAN: neighbour discovery, ping of the link-local, replies; no more.
+        ipv6 = rules[
+            rules.index('iifname "wsbr0" meta nfproto ipv6 ct state established,related accept') :
+        ]
+        assert ipv6 == [
+            'iifname "wsbr0" meta nfproto ipv6 ct state established,related accept',
+            'iifname "wsbr0" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept',
+            'iifname "wsbr0" ip6 daddr fe80::/10 icmpv6 type echo-request accept',
+            'iifname "wsbr0" meta nfproto ipv6 drop',
+        ]
+
+
+def test_no_nft_is_an_error_for_every_lan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without nft the LAN could not be isolated, -i or not: the server must not run."""
+    monkeypatch.setattr("wsnic_trio._nat.shutil.which", lambda name: None)
+    with pytest.raises(SetupError, match=r"needs nftables' nft command for the LAN's host filter"):
+        _nat.check_nft()

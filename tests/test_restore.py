@@ -1,6 +1,7 @@
 """The host is restored exactly, however the server stops: a before/after snapshot of the
-server's namespace (links, IPv4 addresses and routes, the nft ruleset, ip_forward, the
-run directory with the temporary lease file, and processes) must be identical."""
+server's namespace (links, IPv4 addresses and routes, the nft ruleset, IPv4 and IPv6
+forwarding, the run directory with the temporary lease file, and processes) must be
+identical. The nftables table exists with and without -i (the LAN's host filter)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,21 @@ from pathlib import Path
 import pytest
 import trio
 
-from .lanhost import add_client, forget_stale_run_dir, require_tools, snapshot, watchdog_of
-from .netns import NetNS, NsFactory, NsProcess
+from . import lanhost
+from .lanhost import add_client, forget_stale_run_dir, require_tools, watchdog_of
+from .netns import NetNS, NsFactory, NsProcess, run
+
+_IPV6_FORWARDING = ("net.ipv6.conf.all.forwarding", "net.ipv6.conf.default.forwarding")
+
+
+def snapshot(ns: NetNS) -> dict[str, str]:
+    """lanhost's snapshot, and the IPv6 forwarding switches (the server never sets
+    them: its table drops IPv6 from the LAN instead)."""
+    found = lanhost.snapshot(ns)
+    found["ipv6_forwarding"] = run(
+        "ip", "netns", "exec", ns.name, "sysctl", *_IPV6_FORWARDING
+    ).stdout
+    return found
 
 
 def _setup(world: NsFactory) -> tuple[NetNS, NetNS]:
@@ -89,6 +103,7 @@ async def test_restored_by_the_next_start_after_kill_9(world: NsFactory) -> None
     assert left["ip_forward"].strip() == "1" and "dnsmasq" in left["processes"]
 
     second = await srv.start_wsnic()  # even without -i it undoes the old run's NAT
+    assert "ip_forward=-" in snapshot(srv)["nft"], "its own table records no sysctl"
     log = second.log
     assert log.find(rf"removed bridge wsbr0 left behind by an earlier run \(pid {first.pid}\)")
     assert log.find(rf"stopping dnsmasq \(pid {dnsmasq}\) left behind by an earlier run")
@@ -110,6 +125,45 @@ async def test_kill_9_then_start_with_nat_keeps_the_original_sysctl(world: NsFac
     assert await second.stop() == 0
     with trio.fail_after(10):  # the killed run's dnsmasq goes by its watchdog
         while snapshot(srv) != before:
+            await trio.sleep(0.05)
+
+
+async def test_host_filter_without_inet_is_removed_on_stop(world: NsFactory) -> None:
+    """Without -i the LAN's table (no forwarding in or out) exists for the run only;
+    forwarding, that the host turned on itself (as Docker does), stays on."""
+    require_tools()
+    srv, _ = _setup(world)
+    assert (await srv.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")).returncode == 0
+    before = snapshot(srv)
+    server = await srv.start_wsnic()
+    assert server.log.find(r"LAN isolated: nothing forwarded into or out of wsbr0")
+    during = snapshot(srv)
+    assert "table inet wsnic_trio_wsbr0" in during["nft"]
+    assert 'oifname "wsbr0" drop' in during["nft"] and "masquerade" not in during["nft"]
+    assert during["ip_forward"] == before["ip_forward"]
+    assert await server.stop() == 0
+    assert server.log.find(r"host filter off: table inet wsnic_trio_wsbr0 deleted")
+    assert snapshot(srv) == before
+
+
+async def test_kill_9_without_inet_leaves_a_sysctl_changed_since_alone(world: NsFactory) -> None:
+    """A run without -i changes no sysctl, so the next start, which removes its table,
+    must not "restore" ip_forward: here something else turned it on in between."""
+    require_tools()
+    srv, _ = _setup(world)
+    before = snapshot(srv)
+    assert before["ip_forward"].strip() == "0"
+    first = await srv.start_wsnic()
+    await first.stop(signal.SIGKILL)
+    assert "wsnic_trio_wsbr0" in snapshot(srv)["nft"], "the table outlives a kill -9"
+    assert (await srv.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")).returncode == 0
+    second = await srv.start_wsnic()
+    assert second.log.find(rf"removed nftables table inet wsnic_trio_wsbr0 .*\(pid {first.pid}\)")
+    assert not second.log.find(r"ip_forward restored")
+    assert await second.stop() == 0
+    expected = {**before, "ip_forward": before["ip_forward"].replace("0", "1")}
+    with trio.fail_after(10):  # the killed run's dnsmasq goes by its watchdog
+        while snapshot(srv) != expected:
             await trio.sleep(0.05)
 
 

@@ -1,13 +1,20 @@
-"""NAT for the LAN: one nftables table the server owns, and IPv4 forwarding for the run.
+"""The LAN's host filter, and NAT: one nftables table the server owns for its run.
 
 Everything the server adds to the firewall lives in a single table,
 ``inet wsnic_trio_<bridge>``, so removing it is one ``delete table`` and never touches
-rules that belong to somebody else. The table's comment is the run's memory: it records
-the owner pid and the value ``net.ipv4.ip_forward`` had before this run changed it. A
-run killed with SIGKILL cannot restore the sysctl itself, so the next start reads the
-comment of the table it left, puts the sysctl back, and deletes the table. The table is
-written *before* the sysctl is changed and deleted *after* it is restored, so at every
-instant either the sysctl is untouched or the table says how to undo it.
+rules that belong to somebody else. The table exists for every run in root mode, with
+or without ``-i``: it decides, for both IP families, what the LAN may reach on the host
+itself and whether anything is forwarded into or out of the bridge (without ``-i``:
+nothing, also on a host that forwards for Docker or libvirt). With ``-i`` it also
+masquerades the LAN out of the uplink, and the server turns IPv4 forwarding on.
+
+The table's comment is the run's memory: it records the owner pid and, with ``-i``, the
+value ``net.ipv4.ip_forward`` had before this run changed it (``ip_forward=-``: this
+run changes no sysctl). A run killed with SIGKILL cannot restore the sysctl itself, so
+the next start reads the comment of the table it left, puts the sysctl back, and
+deletes the table. The table is written *before* the sysctl is changed and deleted
+*after* it is restored, so at every instant either the sysctl is untouched or the table
+says how to undo it.
 
 The ruleset text is built by :func:`build_ruleset`, a pure function, and applied
 atomically with ``nft -f -``.
@@ -36,8 +43,9 @@ __all__ = [
     "NatPlan",
     "TableNote",
     "build_ruleset",
+    "check_nft",
     "clear_leftover_table",
-    "enable_nat",
+    "host_filter",
     "table_name",
 ]
 
@@ -61,14 +69,20 @@ def table_name(bridge: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class TableNote:
-    """What the table's comment remembers about the run that made it."""
+    """What the table's comment remembers about the run that made it.
+
+    ``ip_forward`` is the value to restore after a crash; None when the run does not
+    change the sysctl (no ``-i``): a later run must then leave it alone, whatever it is,
+    since somebody else (Docker, libvirt) may have changed it since.
+    """
 
     pid: int
     bridge: str
-    ip_forward: str
+    ip_forward: str | None
 
     def render(self) -> str:
-        return f"{_NOTE_PREFIX} pid={self.pid} bridge={self.bridge} ip_forward={self.ip_forward}"
+        forward = "-" if self.ip_forward is None else self.ip_forward
+        return f"{_NOTE_PREFIX} pid={self.pid} bridge={self.bridge} ip_forward={forward}"
 
     @classmethod
     def parse(cls, comment: str | None) -> TableNote | None:
@@ -76,19 +90,23 @@ class TableNote:
             return None
         fields = dict(w.split("=", 1) for w in comment.split()[1:] if "=" in w)
         try:
-            return cls(int(fields["pid"]), fields["bridge"], fields["ip_forward"])
+            forward = fields["ip_forward"]
+            return cls(int(fields["pid"]), fields["bridge"], None if forward == "-" else forward)
         except (KeyError, ValueError):
             return None
 
 
 @dataclasses.dataclass(frozen=True)
 class NatPlan:
-    """Everything the ruleset depends on, so the text can be built without any I/O."""
+    """Everything the ruleset depends on, so the text can be built without any I/O.
+
+    ``uplink`` None: no ``-i``, so the LAN is isolated (no NAT, no forwarding at all).
+    """
 
     bridge: str
     subnet: ipaddress.IPv4Network
     bridge_address: ipaddress.IPv4Address
-    uplink: str
+    uplink: str | None
     allow_private: Sequence[ipaddress.IPv4Network]
     note: TableNote
 
@@ -103,19 +121,24 @@ def _set(networks: Sequence[ipaddress.IPv4Network]) -> str:
 
 
 def build_ruleset(plan: NatPlan) -> str:
-    """The ``nft -f`` script that (re)creates our table with the NAT rules.
+    """The ``nft -f`` script that (re)creates our table with the LAN's rules.
 
     It first creates-then-deletes the table, so applying it replaces any older table of
     the same name in one atomic transaction.
 
     Policy: every base chain accepts by default, so traffic that is not the LAN's is left
-    to the host's own firewall. For the LAN: out through the uplink (masqueraded) is
-    allowed, except to private networks not explicitly allowed; into the LAN only replies
-    (conntrack established/related); the host's own private addresses are closed to the
-    LAN, except the bridge address and the allowed networks.
+    to the host's own firewall. For the LAN, in both modes: client to client is always
+    allowed; the host's own private IPv4 addresses are closed to it, except the bridge
+    address and the allowed networks; over IPv6 (which the server does not offer the
+    LAN) it reaches on the host only neighbour discovery, ping of the bridge's
+    link-local address, and replies to what the host opened. DNS and DHCP on the bridge
+    address answer the LAN and the host itself only. Nothing is forwarded into or out of
+    the LAN, except with ``-i``: out through the uplink (IPv4, masqueraded), except to
+    private networks not explicitly allowed; into the LAN only replies (conntrack
+    established/related).
     """
     table = table_name(plan.bridge)
-    br, up = _quote(plan.bridge), _quote(plan.uplink)
+    br = _quote(plan.bridge)
     # nft refuses overlapping intervals in one set; 10.0.0.0/8 and 10.1.0.0/16 become one.
     allowed = list(ipaddress.collapse_addresses(plan.allow_private))
     lines = [
@@ -126,12 +149,20 @@ def build_ruleset(plan: NatPlan) -> str:
         "",
         "    chain input {",
         "        type filter hook input priority filter; policy accept;",
+        # Linux takes a packet for any of its addresses on any interface (the weak host
+        # model): without this, the uplink side could ask the LAN's dnsmasq for names.
+        f'        iifname != {{ {br}, "lo" }} ip daddr {plan.bridge_address} '
+        "meta l4proto { tcp, udp } th dport { 53, 67 } drop",
         f"        iifname {br} ip daddr {plan.subnet} accept",
     ]
     if allowed:
         lines.append(f"        iifname {br} ip daddr {_set(allowed)} accept")
     lines += [
         f"        iifname {br} ip daddr {_set(BLOCKED_PRIVATE)} drop",
+        f"        iifname {br} meta nfproto ipv6 ct state established,related accept",
+        f"        iifname {br} icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept",
+        f"        iifname {br} ip6 daddr fe80::/10 icmpv6 type echo-request accept",
+        f"        iifname {br} meta nfproto ipv6 drop",
         "    }",
         "",
         "    chain forward {",
@@ -140,23 +171,27 @@ def build_ruleset(plan: NatPlan) -> str:
         # namespace has bridge-nf-call-iptables=1) they pass this hook with the bridge
         # as both in and out device. Client to client is always allowed.
         f"        iifname {br} oifname {br} accept",
-        f"        oifname {br} ct state established,related accept",
-        f"        oifname {br} drop",
     ]
-    if allowed:
-        lines.append(f"        iifname {br} ip daddr {_set(allowed)} accept")
-    lines += [
-        f"        iifname {br} ip daddr {_set(BLOCKED_PRIVATE)} drop",
-        f"        iifname {br} oifname {up} meta nfproto ipv4 accept",
-        f"        iifname {br} drop",
-        "    }",
-        "",
-        "    chain postrouting {",
-        "        type nat hook postrouting priority srcnat; policy accept;",
-        f"        ip saddr {plan.subnet} ip daddr != {plan.subnet} oifname != {br} masquerade",
-        "    }",
-        "}",
-    ]
+    if plan.uplink is not None:
+        lines.append(f"        oifname {br} ct state established,related accept")
+    lines.append(f"        oifname {br} drop")
+    if plan.uplink is not None:
+        if allowed:
+            lines.append(f"        iifname {br} ip daddr {_set(allowed)} accept")
+        lines += [
+            f"        iifname {br} ip daddr {_set(BLOCKED_PRIVATE)} drop",
+            f"        iifname {br} oifname {_quote(plan.uplink)} meta nfproto ipv4 accept",
+        ]
+    lines += [f"        iifname {br} drop", "    }"]
+    if plan.uplink is not None:
+        lines += [
+            "",
+            "    chain postrouting {",
+            "        type nat hook postrouting priority srcnat; policy accept;",
+            f"        ip saddr {plan.subnet} ip daddr != {plan.subnet} oifname != {br} masquerade",
+            "    }",
+        ]
+    lines.append("}")
     return "\n".join(lines) + "\n"
 
 
@@ -169,19 +204,22 @@ def delete_script(bridge: str) -> str:
 # -- I/O ------------------------------------------------------------------------------
 
 
-def _nft_binary() -> str:
+def check_nft() -> str:
+    """nft's path. It is needed for every LAN, not only with ``-i``: the host filter
+    keeps the LAN away from the host's other networks, and a server that cannot set it
+    up does not run (the LAN would be open on any host that forwards)."""
     nft = shutil.which("nft")
     if nft is None:
         raise SetupError(
-            "--enable-inet needs nftables' nft command, which is not installed "
-            "(Debian: apt-get install nftables)"
+            "wsnic-trio needs nftables' nft command for the LAN's host filter (and NAT "
+            "with --enable-inet), which is not installed (Debian: apt-get install nftables)"
         )
     return nft
 
 
 async def _nft(args: Sequence[str], script: str | None = None) -> str:
     result = await trio.run_process(
-        [_nft_binary(), *args],
+        [check_nft(), *args],
         stdin=script.encode() if script is not None else b"",
         capture_stdout=True,
         capture_stderr=True,
@@ -211,7 +249,8 @@ async def _read_note(bridge: str) -> tuple[bool, TableNote | None]:
 
 
 async def clear_leftover_table(bridge: str) -> None:
-    """Undo what a killed run with NAT left: put ip_forward back, then drop its table.
+    """Undo what a killed run left: put ip_forward back (if it recorded a value), then
+    drop its table.
 
     The caller has already made sure no live wsnic-trio owns this bridge.
     """
@@ -223,7 +262,7 @@ async def clear_leftover_table(bridge: str) -> None:
             f"nftables table inet {table_name(bridge)} belongs to a running wsnic-trio "
             f"(pid {note.pid}); stop it first or choose another name with --bridge"
         )
-    if note is not None:
+    if note is not None and note.ip_forward is not None:
         current = await trio.to_thread.run_sync(read_sysctl, IP_FORWARD)
         if current != note.ip_forward:
             await trio.to_thread.run_sync(write_sysctl, IP_FORWARD, note.ip_forward)
@@ -262,10 +301,15 @@ async def _find_uplink(config: Config) -> str:
 
 
 @contextlib.asynccontextmanager
-async def enable_nat(config: Config, pid: int) -> AsyncIterator[str]:
-    """Install the NAT table and turn forwarding on; undo both on exit. Yields the uplink."""
-    uplink = await _find_uplink(config)
-    before = await trio.to_thread.run_sync(read_sysctl, IP_FORWARD)
+async def host_filter(config: Config, pid: int) -> AsyncIterator[str | None]:
+    """Install the LAN's table (with ``-i``: NAT, and forwarding on); undo on exit.
+
+    Yields the uplink's name, or None without ``-i``.
+    """
+    check_nft()
+    uplink = await _find_uplink(config) if config.enable_inet else None
+    forwarding = uplink is not None
+    before = await trio.to_thread.run_sync(read_sysctl, IP_FORWARD) if forwarding else None
     plan = NatPlan(
         bridge=config.bridge,
         subnet=config.subnet,
@@ -274,17 +318,22 @@ async def enable_nat(config: Config, pid: int) -> AsyncIterator[str]:
         allow_private=config.allow_private,
         note=TableNote(pid, config.bridge, before),
     )
+    table = table_name(config.bridge)
     installed = False
     try:
         await _nft(["-f", "-"], build_ruleset(plan))
         installed = True
-        log.info(
-            "NAT on: %s masqueraded out of %s (table inet %s)",
-            config.subnet,
-            uplink,
-            table_name(config.bridge),
-        )
-        if before != "1":
+        if uplink is None:
+            log.info(
+                "LAN isolated: nothing forwarded into or out of %s (table inet %s)",
+                config.bridge,
+                table,
+            )
+        else:
+            log.info(
+                "NAT on: %s masqueraded out of %s (table inet %s)", config.subnet, uplink, table
+            )
+        if before is not None and before != "1":
             await trio.to_thread.run_sync(write_sysctl, IP_FORWARD, "1")
             log.info("%s was %s: set to 1 for this run", IP_FORWARD, before)
         yield uplink
@@ -292,9 +341,12 @@ async def enable_nat(config: Config, pid: int) -> AsyncIterator[str]:
         with trio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
             if installed:
                 # Restore first, then forget: the table is the record of what to restore.
-                now = await trio.to_thread.run_sync(read_sysctl, IP_FORWARD)
-                if now != before:
-                    await trio.to_thread.run_sync(write_sysctl, IP_FORWARD, before)
-                    log.info("%s restored to %s", IP_FORWARD, before)
+                if before is not None:
+                    now = await trio.to_thread.run_sync(read_sysctl, IP_FORWARD)
+                    if now != before:
+                        await trio.to_thread.run_sync(write_sysctl, IP_FORWARD, before)
+                        log.info("%s restored to %s", IP_FORWARD, before)
                 await _nft(["-f", "-"], delete_script(config.bridge))
-                log.info("NAT off: table inet %s deleted", table_name(config.bridge))
+                log.info(
+                    "%s off: table inet %s deleted", "NAT" if forwarding else "host filter", table
+                )
