@@ -57,6 +57,7 @@ VALUE_CASES = {
     "api_token_file": ("/etc/wsnic/api-tokens", Path("/etc/wsnic/api-tokens")),
     "pcap": ("/var/tmp/captures", Path("/var/tmp/captures")),
     "pcap_max_bytes": ("10M", 10_000_000),
+    "pcap_budget": ("1M", 1_000_000),
     "uplink": ("pasta", "pasta"),
     "user": ("wsnic", "wsnic"),
     "group": ("wsnic", "wsnic"),

@@ -531,7 +531,10 @@ class ApiServer:
         request.json_object()  # no options yet, but a malformed body is still an error
         if self.server.pcap is None:
             raise HttpError(409, "packet capture is off: start the server with --pcap DIR")
+        await self.server.pcap.check_disk()  # fresh, not the last poll's view
         capture = self.server.pcap.start(info)
+        if capture is None:  # the disk is nearly full, or the budget is all live captures
+            raise HttpError(507, f"capture refused: {self.server.pcap.last_refusal}")
         return json_response({"id": info.id, "capture": capture.describe()}, 201)
 
     async def stop_pcap(self, request: Request, match: re.Match[str]) -> Response:
@@ -565,6 +568,7 @@ class ApiServer:
                 "transports": transports,
                 "dnsmasq_restarts": server.dnsmasq_restarts,
                 "forwards": len(server.forwards.forwards) if server.forwards else 0,
+                "pcap": server.pcap.describe() if server.pcap else None,
             }
         )
 
@@ -702,14 +706,17 @@ async def start_control(
     if config.pcap is not None:
         if not await trio.to_thread.run_sync(config.pcap.is_dir):
             raise SetupError(f"--pcap {config.pcap}: no such directory; create it first")
-        server.pcap = PcapManager(config.pcap, config.pcap_max_bytes, not config.pcap_on_demand)
+        server.pcap = PcapManager(
+            config.pcap, config.pcap_max_bytes, not config.pcap_on_demand, config.pcap_budget
+        )
         await nursery.start(server.pcap.run)
         which = "on demand (API)" if config.pcap_on_demand else "every client"
         log.info(
-            "packet capture: %s into %s, at most %d bytes per file",
+            "packet capture: %s into %s, at most %d bytes per file, %d bytes in all",
             which,
             config.pcap,
             config.pcap_max_bytes,
+            config.pcap_budget,
         )
     server.forwards = ForwardManager(
         config.subnet, server.leases, config.dhcp_domain_name, server.open_remote

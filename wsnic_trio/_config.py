@@ -593,6 +593,14 @@ class Config:
         metavar="BYTES",
         help="a capture file stops growing at this size (k/M/G suffixes)",
     )
+    pcap_budget: int = _opt(
+        256_000_000,
+        "--pcap-budget",
+        parse=_byte_size,
+        metavar="BYTES",
+        help="all capture files in the --pcap directory together hold at most this much "
+        "(k/M/G suffixes): the oldest finished files are deleted to make room",
+    )
     pcap_on_demand: bool = _opt(
         False,
         "--pcap-on-demand",

@@ -2,8 +2,14 @@
 
 Doing it in-process (not with nftables DNAT) means a forward works wherever the server
 runs, rootless included, and a forward to a *name* follows the guest when its lease
-moves: the name is looked up in dnsmasq's leases each time a TCP connection or a UDP
+moves: its address is looked up in dnsmasq's leases each time a TCP connection or a UDP
 session starts.
+
+A name is only a way to say which guest: the forward is bound to the MAC that held the
+name when the forward was made (or, for a name nobody held then, to the first MAC that
+takes it afterwards), and from then on follows that MAC's lease. Any client may send
+any DHCP hostname, and dnsmasq gives a name to whoever claims it last, so following the
+name would hand the forward (an operator's SSH, say) to the latest client that claims it.
 
 The remote side is opened by an ``OpenRemote`` function: by default a plain socket of
 the server's own network namespace (root mode, ``--user``); in rootless mode the LAN is
@@ -35,7 +41,8 @@ import trio
 
 from ._endpoints import ForwardSpec, check_remote
 from ._exceptions import WsnicError
-from ._leases import LeaseTable
+from ._leases import Lease, LeaseTable
+from ._stats import mac_text
 
 __all__ = ["ForwardError", "ForwardManager", "OpenRemote", "open_remote_here"]
 
@@ -76,6 +83,11 @@ class Forward:
     bytes_from_remote: int = 0
     last_error: str | None = None
     resolved: str | None = None
+    #: For a remote given by name: the guest (its MAC) this forward goes to; None until
+    #: some lease carries the name.
+    bound_mac: bytes | None = None
+    #: The other MAC last seen holding the name (warned about once per claimer).
+    claimed_by: bytes | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -84,6 +96,7 @@ class Forward:
             "protocol": self.spec.protocol,
             "requested": self.requested,
             "resolved": self.resolved,
+            "bound_mac": mac_text(self.bound_mac),
             "active": self.active,
             "total": self.total,
             "refused": self.refused,
@@ -126,10 +139,20 @@ class ForwardManager:
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
+        # Every change of the lease table (the watcher's or a connection's read) binds
+        # the forwards whose name just appeared, so "the first MAC that takes the name"
+        # means the first one the server saw, not the one holding it at the first
+        # connection.
+        if self.leases is not None:
+            self.leases.on_change.append(self._leases_changed)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            if self.leases is not None:
+                self.leases.on_change.remove(self._leases_changed)
 
     # -- the API's operations -----------------------------------------------------------
 
@@ -151,6 +174,9 @@ class ForwardManager:
             raise ForwardError(f"{spec.protocol} {spec.local} is already forwarded", 409)
         if len(self.forwards) >= MAX_FORWARDS:
             raise ForwardError(f"too many forwards (at most {MAX_FORWARDS})", 409)
+        if _is_name(spec.remote_host):
+            assert self.leases is not None
+            await self.leases.update()  # bind to the holder of the name *now*
         sock = await self._bind(spec)
         try:
             host, port = sock.getsockname()[:2]
@@ -162,6 +188,7 @@ class ForwardManager:
         except BaseException:
             sock.close()
             raise
+        self._bind_name(fwd)
         serve = self._serve_tcp if spec.protocol == "tcp" else self._serve_udp
         await self._nursery.start(serve, fwd, sock)
         self.forwards[key] = fwd
@@ -212,19 +239,79 @@ class ForwardManager:
         return sock
 
     async def resolve(self, fwd: Forward) -> str:
-        """The remote's address now: itself, or the address leased to that host name."""
+        """The remote's address now: itself, or the address leased to the bound MAC.
+
+        The bound guest's lease is used whatever name it carries now: dnsmasq takes the
+        name off the first lease when another client claims it, and the guest keeps its
+        MAC (and so its forwards) when it reconnects, also with a new address."""
         host = fwd.spec.remote_host
         if not _is_name(host):
             fwd.resolved = host
             return host
         assert self.leases is not None
         await self.leases.update()
-        name = host.removesuffix("." + self.domain)
-        lease = self.leases.by_hostname(name)
-        if lease is None or lease.ip not in self.subnet:
+        self._bind_name(fwd)  # cheap, and independent of the hook's being installed
+        name = self._name_of(fwd)
+        if fwd.bound_mac is None:
             raise ForwardError(f"no DHCP lease for host name {name!r}", 502)
+        lease = self.leases.leases.get(fwd.bound_mac)
+        if lease is None or lease.ip not in self.subnet:
+            holder = self._holder(fwd)
+            hint = ""
+            if holder is not None and holder.mac != fwd.bound_mac:
+                hint = (
+                    f"; {name!r} is now held by MAC {mac_text(holder.mac)}: remove the forward "
+                    "and add it again to follow it"
+                )
+            raise ForwardError(
+                f"the guest this forward is bound to (MAC {mac_text(fwd.bound_mac)}, which "
+                f"held host name {name!r}) has no DHCP lease{hint}",
+                502,
+            )
         fwd.resolved = str(lease.ip)
         return fwd.resolved
+
+    def _name_of(self, fwd: Forward) -> str:
+        return fwd.spec.remote_host.removesuffix("." + self.domain)
+
+    def _holder(self, fwd: Forward) -> Lease | None:
+        assert self.leases is not None
+        lease = self.leases.by_hostname(self._name_of(fwd))
+        return lease if lease is not None and lease.ip in self.subnet else None
+
+    def _bind_name(self, fwd: Forward) -> None:
+        """Bind a forward to a name's holder, once; afterwards only note other claimers."""
+        if self.leases is None or not _is_name(fwd.spec.remote_host):
+            return
+        holder = self._holder(fwd)
+        if holder is None:
+            return
+        if fwd.bound_mac is None:
+            fwd.bound_mac = holder.mac
+            log.info(
+                "forward %s %s: host name %r is MAC %s (%s): the forward is bound to it",
+                fwd.spec.protocol,
+                fwd.spec.local,
+                self._name_of(fwd),
+                mac_text(holder.mac),
+                holder.ip,
+            )
+        elif holder.mac != fwd.bound_mac and holder.mac != fwd.claimed_by:
+            fwd.claimed_by = holder.mac
+            log.warning(
+                "forward %s %s: host name %r is now claimed by MAC %s (%s); the forward "
+                "stays with MAC %s (remove it and add it again to follow the new holder)",
+                fwd.spec.protocol,
+                fwd.spec.local,
+                self._name_of(fwd),
+                mac_text(holder.mac),
+                holder.ip,
+                mac_text(fwd.bound_mac),
+            )
+
+    def _leases_changed(self, old: dict[bytes, Lease], new: dict[bytes, Lease]) -> None:
+        for fwd in self.forwards.values():
+            self._bind_name(fwd)
 
     # -- TCP ------------------------------------------------------------------------------
 

@@ -108,12 +108,52 @@ class ServerCollector(Collector):
                 forwards.add_metric([proto], per_proto[proto])
             yield forwards
             yield fwd_conn
+        if server.pcap is not None:
+            yield from _pcap_metrics(server)
         yield GaugeMetricFamily(
             "wsnic_start_time_seconds", "When the server started (Unix time)", server.started_at
         )
         yield GaugeMetricFamily(
             "wsnic_event_subscribers", "Clients of GET /events", server.events.subscribers
         )
+
+
+def _pcap_metrics(server: Server) -> Iterator[Metric]:
+    pcap = server.pcap
+    assert pcap is not None
+    budget = pcap.budget
+    yield GaugeMetricFamily(
+        "wsnic_pcap_bytes",
+        "Bytes the capture files in the --pcap directory hold (live and finished)",
+        value=budget.used,
+    )
+    yield GaugeMetricFamily(
+        "wsnic_pcap_budget_bytes", "--pcap-budget: most bytes the capture files hold", budget.limit
+    )
+    deleted = CounterMetricFamily(
+        "wsnic_pcap_files_deleted", "Oldest capture files deleted to stay within the budget"
+    )
+    deleted.add_metric([], budget.deleted_files)
+    yield deleted
+    cut = CounterMetricFamily(
+        "wsnic_pcap_captures_cut", "Live captures cut because live captures held the budget"
+    )
+    cut.add_metric([], budget.cuts)
+    yield cut
+    refused = CounterMetricFamily(
+        "wsnic_pcap_refused",
+        "Captures not started (disk-full: the capture directory's disk is nearly full; "
+        "budget: live captures hold all of it)",
+        labels=["reason"],
+    )
+    for reason in ("budget", "disk-full"):
+        refused.add_metric([reason], pcap.refused[reason])
+    yield refused
+    yield GaugeMetricFamily(
+        "wsnic_pcap_disk_nearly_full",
+        "1 while the disk holding the capture directory is nearly full (captures refused)",
+        value=int(pcap.disk_low),
+    )
 
 
 def make_registry(server: Server) -> CollectorRegistry:
