@@ -86,9 +86,11 @@ async def test_ctl_against_a_server(world: NsFactory, tmp_path: Path) -> None:
     code, out, _ = await ctl(sock, "forward", "ls")
     lines = out.splitlines()
     assert code == 0 and lines[0].split()[:3] == ["PROTO", "LOCAL", "REMOTE"] and len(lines) == 3
+    assert "BOUND TO" in lines[0], "a forward to a name shows the MAC it follows"
     assert any(
-        line.split()[:4] == ["tcp", "127.0.0.1:2200", "devbox:7000", lease["ip"]] for line in lines
-    )
+        line.split()[:5] == ["tcp", "127.0.0.1:2200", "devbox:7000", lan0_mac(guest), lease["ip"]]
+        for line in lines
+    ), out
     code, out, _ = await ctl(sock, "--json", "forward", "rm", "127.0.0.1:2201")
     assert code == 0 and json.loads(out)["removed"][0]["protocol"] == "udp"
     code, _, err = await ctl(sock, "forward", "rm", "127.0.0.1:2201")

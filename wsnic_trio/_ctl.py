@@ -197,6 +197,7 @@ def show_forwards(data: Any) -> str:
             f["protocol"],
             f["local"],
             f["remote"],
+            f.get("bound_mac"),
             f["resolved"],
             f["active"],
             f["total"],
@@ -208,7 +209,8 @@ def show_forwards(data: Any) -> str:
     ]
     if not rows:
         return "no forwards"
-    headers = ["proto", "local", "remote", "resolved", "active", "total", "sent", "received"]
+    headers = ["proto", "local", "remote", "bound to", "resolved", "active", "total"]
+    headers += ["sent", "received"]
     return table([*headers, "last error"], rows)
 
 
