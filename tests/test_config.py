@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import ipaddress
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 
 from wsnic_trio import Config, ConfigError
-from wsnic_trio._cli import build_parser, config_from_args, main
+from wsnic_trio._cli import (
+    _connect_options,
+    build_connect_parser,
+    build_parser,
+    config_from_args,
+    main,
+)
 from wsnic_trio._config import OPTIONS, load_config_file
+from wsnic_trio._ctl import build_ctl_parser
+from wsnic_trio._endpoints import parse_api_endpoint
 
 
 def test_defaults_match_wsnic_habits() -> None:
@@ -175,16 +185,108 @@ def test_unknown_flag_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
 
 
-def test_help_explains_every_option_with_default(capsys: pytest.CaptureFixture[str]) -> None:
+def _help_of(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    """An option's help as --help prints it (argparse's %-expansion done), on one line."""
+    return " ".join(parser._get_formatter()._expand_help(action).split())
+
+
+def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.option_strings]
+
+
+_DEFAULT = re.compile(r" \(default: (.*)\)$")
+
+
+def test_help_states_each_default_once(capsys: pytest.CaptureFixture[str]) -> None:
+    """No option says its default twice ("default: X (default: None)"), and no flag says
+    "(default: False)": a default is stated once, in words where a value would mislead."""
+    parser = build_parser()
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["--help"])
+        parser.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
+    for noise in ("(default: None)", "(default: False)", "(default: ())", "(default: 0.0)"):
+        assert noise not in text
     defaults = Config()
-    for field in dataclasses.fields(Config):
-        spec = OPTIONS[field.name]
-        assert spec.flags[-1] in text
-        if spec.kind == "value":
-            assert f"(default: {getattr(defaults, field.name)})" in text, field.name
+    for action in _options(parser):
+        help_ = _help_of(parser, action)
+        assert help_ in text, help_
+        assert len(re.findall(r"\bdefault\b(?! route)", help_)) <= 1, help_
+        if action.dest in OPTIONS and OPTIONS[action.dest].kind == "value":
+            value = getattr(defaults, action.dest)
+            if value is not None:
+                shown = _DEFAULT.search(help_)
+                assert shown, f"{action.dest}: --help does not state its default {value}"
+        if action.nargs == 0:
+            assert "(default:" not in help_ or action.dest == "rootless", help_
+
+
+def test_option_help_leaves_the_default_to_the_generator() -> None:
+    """An option's help states no default itself: --help adds it (from the field, or
+    from default_text= in words), so writing it in help= too would show it twice."""
+    wrong = {
+        name: spec.help
+        for name, spec in OPTIONS.items()
+        if re.search(r"\bdefault\b(?! route)", spec.help, re.IGNORECASE)
+    }
+    assert not wrong, (
+        "these options mention their default in help=; move the words to default_text= "
+        f"(_config.py): {wrong}"
+    )
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    ctl = build_ctl_parser()
+    parsers = {"wsnic-trio": build_parser(), "connect": build_connect_parser(), "ctl": ctl}
+    stack = [ctl]
+    while stack:  # every ctl subcommand, forward's too
+        for action in stack.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    parsers[sub.prog] = sub
+                    stack.append(sub)
+    return parsers
+
+
+@pytest.mark.parametrize("name", sorted(_parsers()))
+def test_every_placeholder_says_what_to_give(name: str) -> None:
+    """argparse's fallback placeholder is the destination in capitals (PING_INTERVAL,
+    TOKEN_FILE): it names the option again instead of a unit or a form. Every option
+    that takes a value has its own; every argument and option has a help text."""
+    parser = _parsers()[name]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+            continue
+        what = "/".join(action.option_strings) or action.dest
+        assert action.help, f"{parser.prog}: {what} has no help text"
+        if action.nargs != 0 and action.option_strings:
+            assert action.metavar, f"{parser.prog}: {what} has no placeholder (metavar=)"
+    assert parser.description, f"{parser.prog} --help says nothing about what it does"
+
+
+def _examples(parser: argparse.ArgumentParser, command: list[str]) -> list[list[str]]:
+    prefix = ["wsnic-trio", *command]
+    lines = [shlex.split(line, comments=True) for line in (parser.epilog or "").splitlines()]
+    found = [argv[len(prefix) :] for argv in lines if argv[: len(prefix)] == prefix]
+    assert len(found) >= 2, f"{parser.prog} --help shows fewer than two examples"
+    return found
+
+
+def test_server_help_examples_parse() -> None:
+    for argv in _examples(build_parser(), []):
+        config_from_args(argv)  # a bad example raises ConfigError or exits 2
+
+
+def test_connect_help_examples_parse() -> None:
+    for argv in _examples(build_connect_parser(), ["connect"]):
+        _connect_options(argv)
+
+
+def test_ctl_help_examples_parse() -> None:
+    for argv in _examples(build_ctl_parser(), ["ctl"]):
+        args = build_ctl_parser().parse_args(argv)
+        parse_api_endpoint(args.api)
+        if args.token_file is not None:
+            assert args.api.startswith("tcp:"), "a token file is for the TCP API"
 
 
 def test_connect_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
@@ -194,13 +296,63 @@ def test_connect_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> No
     assert "unsupported URL" in capsys.readouterr().err
 
 
-def test_every_option_is_in_the_user_guide() -> None:
-    """The options table in docs/user-guide.md names every flag the server accepts."""
+def _guide_options_table() -> list[list[str]]:
+    """The rows of the options table in docs/user-guide.md, cells split on unescaped |."""
     guide = (Path(__file__).parent.parent / "docs" / "user-guide.md").read_text()
-    undocumented = [
-        flag
-        for spec in OPTIONS.values()
-        for flag in spec.flags
-        if flag.startswith("--") and f"`{flag}" not in guide and f" {flag}" not in guide
-    ]
-    assert not undocumented, f"add these to docs/user-guide.md: {undocumented}"
+    section = guide.split("\n## Options\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            cells = re.split(r"(?<!\\)\|", line)[1:-1]
+            rows.append([c.strip().replace("\\|", "|") for c in cells])
+    return rows
+
+
+def _row_for(parser: argparse.ArgumentParser, action: argparse.Action) -> dict[str, str]:
+    """What the guide's row of one option must say, from what --help prints."""
+    option = ", ".join(action.option_strings)
+    if action.nargs != 0:
+        option += f" {action.metavar}"
+    shown = _DEFAULT.search(_help_of(parser, action))
+    return {
+        "option": option,
+        "config key": action.dest if action.dest in OPTIONS else "",
+        "default": shown.group(1) if shown else "",
+    }
+
+
+def test_every_option_is_in_the_user_guide() -> None:
+    """The guide's options table and --help agree row by row: flags, placeholder, config
+    key and default in the same words; every option has a row, every row is an option,
+    and the repeatable ones say so. The failure lists each row to fix, and how."""
+    parser = build_parser()
+    expected = {a.option_strings[-1]: (a, _row_for(parser, a)) for a in _options(parser)}
+    problems = []
+    seen = set()
+    for cells in _guide_options_table():
+        option, key, default, meaning = (c.replace("`", "") for c in cells)
+        names = [w.rstrip(",") for w in option.split() if w.startswith("-")]
+        match = [expected[n] for n in names if n in expected]
+        if not match:
+            problems.append(f"guide row `{option}`: no such option in wsnic-trio --help")
+            continue
+        action, want = match[0]
+        seen.add(action.option_strings[-1])
+        got = {"option": option, "config key": key, "default": default}
+        for column, value in want.items():
+            if got[column] != value:
+                problems.append(
+                    f"guide row `{option}`: {column} is {got[column]!r}, --help says {value!r}"
+                )
+        if isinstance(action, argparse._AppendAction) and "repeatable" not in meaning:
+            problems.append(f"guide row `{option}`: the meaning does not say (repeatable)")
+    for name, (action, want) in expected.items():
+        if name not in seen:
+            key = f"`{want['config key']}`" if want["config key"] else ""
+            default = want["default"]
+            problems.append(
+                f"{name} has no row in docs/user-guide.md; add one like: "
+                f"| `{want['option'].replace('|', chr(92) + '|')}` | {key} | {default} | "
+                f"{action.help} |"
+            )
+    assert not problems, "docs/user-guide.md options table:\n" + "\n".join(problems)

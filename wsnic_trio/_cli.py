@@ -18,8 +18,9 @@ import trio
 from transports import dialer_for
 
 from . import __version__
-from ._config import OPTIONS, Config, load_config_file
+from ._config import OPTIONS, Config, help_text, load_config_file
 from ._connect import ConnectOptions, connect_until_signal
+from ._ctl import HelpFormatter
 from ._exceptions import ConfigError, SetupError
 from ._log import setup_logging
 from ._server import serve_until_signal
@@ -34,50 +35,62 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+# Help texts state their own default, once and in words where a value would mislead
+# (argparse's ArgumentDefaultsHelpFormatter appended "(default: None)" to every one);
+# the formatter keeps the examples in the epilogs as they are written.
+_FORMATTER = HelpFormatter
+
+SERVER_EPILOG = """\
+examples:
+  # a LAN with Internet access (NAT) for v86 clients on ws://127.0.0.1:8086/
+  wsnic-trio -i
+  # ws:// reachable from other machines, and the control API for 'wsnic-trio ctl'
+  wsnic-trio -a 0.0.0.0 --api unix:/run/wsnic-trio/api.sock
+  # QEMU (-netdev stream,addr.type=inet,...) and UML (vec0:transport=bess) clients
+  wsnic-trio --qemu tcp:127.0.0.1:9000 --bess /tmp/uml.sock -v
+
+A config file (-c) has the long option names as keys (ws_port = 8086): a
+wsnic-style 'key = value' file, or TOML (*.toml); command-line options
+override it. Client tool: 'wsnic-trio connect --help'; control API client:
+'wsnic-trio ctl --help'.
+"""
+
+CONNECT_EPILOG = """\
+examples:
+  # this host joins the LAN as lan0 (then run a DHCP client on lan0)
+  wsnic-trio connect ws://127.0.0.1:8086/ --tap lan0
+  # through the server's --qemu tcp:127.0.0.1:9000, with a fixed MAC
+  wsnic-trio connect qemu+tcp://127.0.0.1:9000 --mac 02:00:00:00:00:01
+  # through the server's --dgram /tmp/vm.sock, once (no reconnecting)
+  wsnic-trio connect dgram:/tmp/vm.sock --once
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="wsnic-trio",
         description=(
-            "Run a virtual Ethernet LAN on this host: every client (v86 over WebSocket, and "
+            "Run a virtual Ethernet LAN on this host: every client (v86 over WebSocket, and\n"
             "VMs through the other transports) gets its own TAP device on one Linux bridge."
         ),
-        epilog=(
-            "Config file: keys are the long option names (ws_port = 8086); a wsnic-style "
-            "'key = value' file or TOML (*.toml). Command-line options override the file. "
-            "Client tool: 'wsnic-trio connect --help'; control API client: "
-            "'wsnic-trio ctl --help'."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=SERVER_EPILOG,
+        formatter_class=_FORMATTER,
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("-c", "--config", metavar="CFGFILE", help="read options from this file")
     parser.add_argument("--version", action="version", version=f"wsnic-trio {__version__}")
     defaults = Config()
     for name, spec in OPTIONS.items():
-        default = getattr(defaults, name)
+        # argparse %-formats help strings: a literal % in an option's help must survive.
+        text = help_text(spec, getattr(defaults, name)).replace("%", "%%")
         if spec.kind == "count":
-            parser.add_argument(*spec.flags, dest=name, action="count", help=spec.help)
-        elif spec.kind == "list":
-            parser.add_argument(
-                *spec.flags,
-                dest=name,
-                action="append",
-                metavar=spec.metavar,
-                help=f"{spec.help} (repeatable)",
-            )
+            parser.add_argument(*spec.flags, dest=name, action="count", help=text)
         elif spec.kind == "flag":
-            parser.add_argument(
-                *spec.flags,
-                dest=name,
-                action="store_true",
-                help=f"{spec.help} (default: {default})",
-            )
+            parser.add_argument(*spec.flags, dest=name, action="store_true", help=text)
         else:
+            action = "append" if spec.kind == "list" else "store"
             parser.add_argument(
-                *spec.flags,
-                dest=name,
-                metavar=spec.metavar,
-                help=f"{spec.help} (default: {default})",
+                *spec.flags, dest=name, action=action, metavar=spec.metavar, help=text
             )
     return parser
 
@@ -96,33 +109,56 @@ def build_connect_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="wsnic-trio connect",
         description=(
-            "Create a local TAP device and relay it to a wsnic-trio server, so this host's "
-            "own network stack (ping, a DHCP client, curl, iperf3) joins the LAN. "
+            "Create a local TAP device and relay it to a wsnic-trio server, so this host's\n"
+            "own network stack (ping, a DHCP client, curl, iperf3) joins the LAN.\n"
             "Reconnects with backoff when the server goes away; the TAP stays up."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=CONNECT_EPILOG,
+        formatter_class=_FORMATTER,
     )
     parser.add_argument(
         "url",
+        metavar="URL",
         help="server URL: ws://HOST:PORT/PATH, qemu+unix:PATH, qemu+tcp://HOST:PORT, "
-        "bess:PATH, dgram:PATH or vfkit:PATH",
+        "bess:PATH, dgram:PATH or vfkit:PATH (dgram with vfkit's handshake)",
     )
     parser.add_argument(
-        "--tap", default="wsnic%d", help="name of the local TAP (%%d: next free number)"
+        "--tap",
+        default="wsnic%d",
+        metavar="NAME",
+        help="name of the local TAP; %%d is the next free number (default: wsnic%%d)",
     )
-    parser.add_argument("--mac", default=None, help="MAC address of the TAP (default: random)")
-    parser.add_argument("--mtu", type=int, default=1500, help="MTU of the TAP (match the server)")
     parser.add_argument(
-        "--ping-interval", type=float, default=30.0, help="ping the server after this idle time"
+        "--mac", default=None, metavar="MAC", help="MAC address of the TAP (default: random)"
+    )
+    parser.add_argument(
+        "--mtu",
+        type=int,
+        default=1500,
+        metavar="BYTES",
+        help="MTU of the TAP; match the server's --mtu (default: 1500)",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="ping the server after this long without traffic from it (default: 30)",
     )
     parser.add_argument(
         "--ping-timeout",
         type=float,
         default=100.0,
-        help="reconnect after this long without a sign of the server",
+        metavar="SECONDS",
+        help="reconnect after this long without a sign of the server (default: 100)",
     )
     parser.add_argument(
-        "--retry-max", type=float, default=10.0, help="longest wait between reconnect attempts"
+        "--retry-max",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="longest wait between reconnect attempts; the first is 0.5 s, each next one "
+        "twice as long (default: 10)",
     )
     parser.add_argument(
         "--once", action="store_true", help="exit when the connection ends instead of reconnecting"

@@ -27,7 +27,7 @@ from ._endpoints import (
 )
 from ._exceptions import ConfigError
 
-__all__ = ["OPTIONS", "Config", "OptionSpec", "load_config_file"]
+__all__ = ["OPTIONS", "Config", "OptionSpec", "default_words", "help_text", "load_config_file"]
 
 # Largest MTU a TAP or bridge accepts, and the largest frame the QEMU stream framing
 # can carry comfortably; VM-only LANs may use it for big TCP segments.
@@ -45,6 +45,35 @@ class OptionSpec:
     parse: Callable[[str], Any] = str
     kind: Literal["value", "count", "flag", "list"] = "value"
     metavar: str | None = None
+    # The default in words, for --help and the user guide, where the value alone says
+    # nothing or misleads (None for "a file found at start-up", () for "the bridge").
+    default_text: str | None = None
+
+
+def default_words(spec: OptionSpec, value: Any) -> str | None:
+    """The default as --help states it (once), or None when there is nothing to state.
+
+    A flag is off and a counter is 0 unless given: saying so on every one of them is
+    noise. An absent value (None, an empty list) means something only in words.
+    """
+    if spec.default_text is not None:
+        return spec.default_text
+    if spec.kind in ("flag", "count") or value is None or value == ():
+        return None
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def help_text(spec: OptionSpec, value: Any) -> str:
+    """The --help line of one option: its help, whether it repeats, and its default."""
+    text = spec.help
+    if spec.kind == "list":
+        text += " (repeatable)"
+    words = default_words(spec, value)
+    if words is not None:
+        text += f" (default: {words})"
+    return text
 
 
 def _opt(default: Any, *flags: str, help: str, **kw: Any) -> Any:
@@ -332,8 +361,8 @@ class Config:
         "--wss-certificate",
         parse=_path,
         metavar="PEM",
-        help="TLS certificate chain (PEM; may hold the key too); default: cert/cert.crt "
-        "when that file exists",
+        default_text="cert/cert.crt when that file exists",
+        help="TLS certificate chain (PEM; may hold the key too)",
     )
     wss_private_key: Path | None = _opt(
         None,
@@ -341,16 +370,17 @@ class Config:
         "--wss-private-key",
         parse=_path,
         metavar="PEM",
-        help="TLS private key (PEM); default: cert/cert.key when that file exists, else the "
-        "key in the certificate file",
+        default_text="cert/cert.key when that file exists, else the key in the certificate file",
+        help="TLS private key (PEM)",
     )
     auth_token_file: Path | None = _opt(
         None,
         "--auth-token-file",
         parse=_path,
         metavar="FILE",
+        default_text="off",
         help="require WebSocket clients to present one of the tokens in FILE (one per line, "
-        "# comments; re-read on SIGHUP); off by default",
+        "# comments; re-read on SIGHUP)",
     )
     allow_origin: tuple[OriginPattern, ...] = _opt(
         (),
@@ -361,7 +391,8 @@ class Config:
         help="accept WebSocket clients from browser pages of this origin only (HTTP 403 for "
         "others): https://lab.example.org, HOST[:PORT] for http and https, *.example.org "
         "for its subdomains, null; a client that sends no Origin (not a browser) always "
-        "passes; default: every origin",
+        "passes",
+        default_text="every origin",
     )
     max_clients: int = _opt(
         0,
@@ -443,8 +474,8 @@ class Config:
     )
     dgram: tuple[str, ...] = _opt(
         (),
-        "--vfkit",
         "--dgram",
+        "--vfkit",
         parse=_socket_path,
         kind="list",
         metavar="PATH",
@@ -490,8 +521,8 @@ class Config:
         "--dhcp-lease-file",
         parse=_optional_path,
         metavar="FILE",
-        help="keep DHCP leases in FILE (kept on exit); default: a temporary file under "
-        "/run/wsnic-trio, removed on exit",
+        default_text="a temporary file under /run/wsnic-trio, removed on exit",
+        help="keep DHCP leases in FILE (kept on exit; its directory must exist)",
     )
     dhcp_lease_time: int = _opt(
         86400,
@@ -516,7 +547,8 @@ class Config:
         parse=_ipv4_address,
         kind="list",
         metavar="ADDR[,ADDR...]",
-        help="DNS servers DHCP hands out; default: the bridge address (dnsmasq itself)",
+        default_text="the bridge address (dnsmasq itself)",
+        help="DNS servers DHCP hands out",
     )
     dns_upstream: tuple[ipaddress.IPv4Address, ...] = _opt(
         (),
@@ -524,9 +556,9 @@ class Config:
         parse=_ipv4_address,
         kind="list",
         metavar="ADDR[,ADDR...]",
-        help="DNS servers dnsmasq forwards non-LAN names to; default with --enable-inet: "
-        "the host's resolvers (/etc/resolv.conf, re-read when it changes; in rootless mode "
-        "through the uplink), without it: none (LAN names only)",
+        default_text="with --enable-inet the host's resolvers, else none: LAN names only",
+        help="DNS servers dnsmasq forwards non-LAN names to, instead of the host's resolvers "
+        "(/etc/resolv.conf, re-read when it changes; in rootless mode through the uplink)",
     )
     enable_inet: bool = _opt(
         False,
@@ -542,7 +574,8 @@ class Config:
         "--inet-iface",
         parse=_optional_ifname,
         metavar="NAME",
-        help="uplink for --enable-inet; default: the interface of the default route",
+        default_text="the interface of the default route",
+        help="uplink for --enable-inet",
     )
     allow_private: tuple[ipaddress.IPv4Network, ...] = _opt(
         (),
@@ -559,8 +592,9 @@ class Config:
         parse=_api_endpoint,
         kind="list",
         metavar="unix:PATH|tcp:HOST:PORT",
+        default_text="off",
         help="serve the control API (docs/api.md) here; a unix socket gets mode 0600, a "
-        "TCP one needs --api-token-file; off by default",
+        "TCP one needs --api-token-file",
     )
     api_token_file: Path | None = _opt(
         None,
@@ -584,6 +618,7 @@ class Config:
         "--pcap",
         parse=_optional_path,
         metavar="DIR",
+        default_text="off",
         help="write one pcap file per client into DIR (which must exist)",
     )
     pcap_max_bytes: int = _opt(
@@ -612,9 +647,9 @@ class Config:
         False,
         "--rootless",
         kind="flag",
+        default_text="automatic when not root",
         help="run the LAN without root: a helper process owns the bridge, dnsmasq and NAT in "
-        "a user + network namespace (chosen automatically when not root; see "
-        "docs/rootless.md)",
+        "a user + network namespace (see docs/rootless.md)",
     )
     uplink: str = _opt(
         "slirp4netns",
@@ -634,8 +669,8 @@ class Config:
         False,
         "--disable-host-loopback",
         kind="flag",
-        help="keep the LAN away from this host's loopback in rootless mode (the default; "
-        "overrides allow_host_loopback from a config file)",
+        help="keep the LAN away from this host's loopback in rootless mode, as it is without "
+        "--allow-host-loopback; overrides allow_host_loopback = true from a config file",
     )
     user: str | None = _opt(
         None,
@@ -650,7 +685,8 @@ class Config:
         "--group",
         parse=_optional_account,
         metavar="NAME",
-        help="with --user, the group to run as (default: the user's primary group)",
+        default_text="the user's primary group",
+        help="with --user, the group to run as",
     )
     verbose: int = _opt(
         0,
@@ -731,7 +767,7 @@ class Config:
                 if field is None:
                     raise ConfigError(f"{source}: unknown option {raw_key!r}")
                 spec: OptionSpec = field.metadata["option"]
-                where = spec.flags[-1] if source == "command line" else f"{source}: {key}"
+                where = _long_flag(spec) if source == "command line" else f"{source}: {key}"
                 typed[key] = _convert(spec, raw, where)
         try:
             return cls(**typed)
@@ -769,6 +805,11 @@ def _convert(spec: OptionSpec, raw: Any, where: str) -> Any:
         return spec.parse(str(raw).strip())
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _long_flag(spec: OptionSpec) -> str:
+    """The name errors use for an option: its first long flag (--dgram, not --vfkit)."""
+    return next(f for f in spec.flags if f.startswith("--"))
 
 
 def _fields() -> dict[str, OptionSpec]:

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -224,42 +225,85 @@ def show_leases(data: Any) -> str:
 # -- command line -------------------------------------------------------------------------
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Epilog examples stay as written; help lines wrap at spaces only, so an option
+    named in a help text stays whole ("--api-token-file", not "--api-token-" + "file")."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+CTL_EPILOG = """\
+examples:
+  # the connected clients, with their traffic
+  wsnic-trio ctl clients
+  # ssh -p 2222 127.0.0.1 then reaches the client that took DHCP hostname "alpine"
+  wsnic-trio ctl forward add 127.0.0.1:2222 alpine:22
+  # a server with --api tcp:127.0.0.1:8090 --api-token-file /etc/wsnic/api-tokens
+  wsnic-trio ctl --api tcp:127.0.0.1:8090 --token-file /etc/wsnic/api-tokens kick 3
+"""
+
+
 def build_ctl_parser() -> argparse.ArgumentParser:
+    # Every subcommand repeats its one-line help as its description, so that
+    # "ctl kick --help" says what kick does, not only its usage.
     parser = argparse.ArgumentParser(
         prog="wsnic-trio ctl",
         description="Ask a running wsnic-trio server (its control API, see docs/api.md).",
+        epilog=CTL_EPILOG,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--api",
         default=os.environ.get("WSNIC_TRIO_API", DEFAULT_API),
-        help="where the API listens: unix:PATH or tcp:HOST:PORT (default: $WSNIC_TRIO_API "
-        f"or {DEFAULT_API})",
+        metavar="unix:PATH|tcp:HOST:PORT",
+        help="where the API listens, as the server's --api (default: $WSNIC_TRIO_API, else "
+        f"{DEFAULT_API})",
     )
     parser.add_argument(
-        "--token-file", type=Path, default=None, help="file whose first token to send (TCP API)"
+        "--token-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="send the first token in FILE (a TCP API needs one; see --api-token-file)",
     )
     parser.add_argument("--json", action="store_true", help="print the API's JSON as it is")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("clients", help="list the connected clients")
-    sub.add_parser("stats", help="totals since start, per transport")
-    sub.add_parser("leases", help="the DHCP leases")
-    sub.add_parser("events", help="follow events (JSON lines) until interrupted")
-    kick = sub.add_parser("kick", help="disconnect a client (its TAP goes)")
-    kick.add_argument("id", type=int)
-    pcap = sub.add_parser("pcap", help="start or stop capturing one client")
-    pcap.add_argument("action", choices=["start", "stop"])
-    pcap.add_argument("id", type=int)
-    fwd = sub.add_parser("forward", help="port forwards: add, rm, ls")
+
+    def command(where: Any, name: str, text: str) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = where.add_parser(
+            name, help=text, description=text, formatter_class=HelpFormatter
+        )
+        return made
+
+    client_id = "the client's ID, as 'ctl clients' lists it"
+    command(sub, "clients", "list the connected clients")
+    command(sub, "stats", "totals since start, per transport")
+    command(sub, "leases", "the DHCP leases")
+    command(sub, "events", "follow events (JSON lines) until interrupted")
+    kick = command(sub, "kick", "disconnect a client (its TAP goes)")
+    kick.add_argument("id", type=int, metavar="ID", help=client_id)
+    pcap = command(sub, "pcap", "start or stop capturing one client (the server needs --pcap)")
+    pcap.add_argument(
+        "action",
+        choices=["start", "stop"],
+        metavar="start|stop",
+        help="start a capture file, or finish the one being written",
+    )
+    pcap.add_argument("id", type=int, metavar="ID", help=client_id)
+    fwd = command(sub, "forward", "port forwards: add, rm, ls")
     fsub = fwd.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add = fsub.add_parser("add", help="forward LOCAL (on the server's host) to REMOTE (LAN)")
-    add.add_argument("local", help="HOST:PORT on the server's host, e.g. 127.0.0.1:2222")
-    add.add_argument("remote", help="ADDRESS:PORT or HOSTNAME:PORT on the LAN")
+    add = command(fsub, "add", "forward LOCAL (on the server's host) to REMOTE (LAN)")
+    add.add_argument(
+        "local", metavar="LOCAL", help="HOST:PORT on the server's host, e.g. 127.0.0.1:2222"
+    )
+    add.add_argument("remote", metavar="REMOTE", help="ADDRESS:PORT or HOSTNAME:PORT on the LAN")
     add.add_argument("--udp", action="store_true", help="forward UDP instead of TCP")
-    rm = fsub.add_parser("rm", help="remove the forward(s) on LOCAL")
-    rm.add_argument("local")
+    rm = command(fsub, "rm", "remove the forward(s) on LOCAL: TCP and UDP, unless one is named")
+    rm.add_argument("local", metavar="LOCAL", help="HOST:PORT, as 'ctl forward ls' lists it")
     rm.add_argument("--udp", action="store_true", help="only the UDP forward")
     rm.add_argument("--tcp", action="store_true", help="only the TCP forward")
-    fsub.add_parser("ls", help="list forwards")
+    command(fsub, "ls", "list forwards")
     return parser
 
 
