@@ -210,7 +210,8 @@ def test_help_states_each_default_once(capsys: pytest.CaptureFixture[str]) -> No
     for action in _options(parser):
         help_ = _help_of(parser, action)
         assert help_ in text, help_
-        assert len(re.findall(r"\bdefault\b(?! route)", help_)) <= 1, help_
+        twice = len(re.findall(r"\bdefault\b(?! route)", help_)) > 1
+        assert not twice, f"{action.option_strings[-1]} states a default twice: {help_}"
         if action.dest in OPTIONS and OPTIONS[action.dest].kind == "value":
             value = getattr(defaults, action.dest)
             if value is not None:
@@ -348,11 +349,15 @@ def test_every_option_is_in_the_user_guide() -> None:
             problems.append(f"guide row `{option}`: the meaning does not say (repeatable)")
     for name, (action, want) in expected.items():
         if name not in seen:
-            key = f"`{want['config key']}`" if want["config key"] else ""
+            spec = OPTIONS.get(action.dest)
+            key = f"`{action.dest}`" if spec else ""
             default = want["default"]
+            if default and spec and spec.default_text is None:
+                default = f"`{default}`"  # a value, not words
+            meaning = spec.help + (" (repeatable)" if spec.kind == "list" else "") if spec else ""
+            option = want["option"].replace("|", "\\|")
             problems.append(
                 f"{name} has no row in docs/user-guide.md; add one like: "
-                f"| `{want['option'].replace('|', chr(92) + '|')}` | {key} | {default} | "
-                f"{action.help} |"
+                f"| `{option}` | {key} | {default} | {meaning or action.help} |"
             )
     assert not problems, "docs/user-guide.md options table:\n" + "\n".join(problems)
