@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 import trio
 
-from wsnic_trio._ctl import table
+from wsnic_trio._ctl import build_ctl_parser, table
 
 from .apihelp import start_echo
 from .lanhost import add_client, require_tools
@@ -107,3 +109,30 @@ async def test_ctl_against_a_server(world: NsFactory, tmp_path: Path) -> None:
 
     code, _, err = await ctl(sock, "clients")
     assert code == 2 and "cannot reach the control API" in err
+
+
+def _ctl_commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, set[str]]:
+    """Each ctl command ("kick", "forward add") and the placeholders of its arguments."""
+    found: dict[str, set[str]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                nested = _ctl_commands(sub, f"{prefix}{name} ")
+                args = {a.metavar for a in sub._actions if not a.option_strings}
+                found.update(nested or {prefix + name: {m for m in args if m and m.isupper()}})
+    return found
+
+
+def test_api_docs_list_every_ctl_command() -> None:
+    """docs/api.md's table of ctl commands names each command the parser accepts, with
+    the placeholders --help shows (ID, LOCAL, REMOTE), and no command that does not exist."""
+    want = _ctl_commands(build_ctl_parser())
+    doc = (REPO / "docs" / "api.md").read_text().split("## `wsnic-trio ctl`", 1)[1]
+    documented: dict[str, set[str]] = {}
+    for line in doc.split("\n\n| command |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]:
+        for usage in re.findall(r"`([^`]+)`", line.split(" | ")[0]):
+            words = [w for w in usage.split() if w.isalpha()]
+            two = " ".join(words[:2])
+            name = two if two in want else words[0]
+            documented.setdefault(name, set()).update(w for w in words if w.isupper())
+    assert documented == want, "docs/api.md's ctl table and 'wsnic-trio ctl --help' differ"
