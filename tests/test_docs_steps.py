@@ -183,6 +183,7 @@ async def test_readme_namespace_client_gets_a_lease_and_pings_the_gateway(
     world.link(srv, "198.18.0.1/30", host, "198.18.0.2/30")
     server = await srv.start_wsnic(*shlex.split(command(blocks[0][0]))[1:])
     netns = f"wt{os.getpid()}readme"
+    host_resolv = await trio.Path("/etc/resolv.conf").read_bytes()
     connect: NsProcess | None = None
     try:
         for line in recipe:
@@ -195,12 +196,13 @@ async def test_readme_namespace_client_gets_a_lease_and_pings_the_gateway(
             if cmd.endswith("&"):
                 connect = await host.start(["sh", "-c", "exec " + cmd[:-1]], label="connect")
                 continue
-            result = await trio.run_process(
-                ["nsenter", f"--net=/run/netns/{host.name}", "sh", "-c", cmd],
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-            )
+            with trio.fail_after(60):
+                result = await trio.run_process(
+                    ["nsenter", f"--net=/run/netns/{host.name}", "sh", "-c", cmd],
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
             output = (result.stdout + result.stderr).decode()
             assert result.returncode == 0, f"{line}: {output}"
             if "udhcpc" in cmd:
@@ -211,6 +213,7 @@ async def test_readme_namespace_client_gets_a_lease_and_pings_the_gateway(
                 assert " 0% packet loss" in output, output
         resolv = await trio.Path("/etc/netns", netns, "resolv.conf").read_text()
         assert "nameserver 192.168.86.1" in resolv, "the namespace got the LAN's DNS server"
+        assert await trio.Path("/etc/resolv.conf").read_bytes() == host_resolv, "not the host"
         assert connect is not None and connect.proc.returncode is None
         assert await connect.stop() == 0
     finally:
