@@ -194,6 +194,7 @@ async def test_bad_requests_get_4xx_and_change_nothing(world: NsFactory, tmp_pat
         ("DELETE", "/forwards", {"local": "127.0.0.1:2222"}, None, 404, "no forward on"),
         ("DELETE", "/forwards", None, None, 400, "say which forward"),
         ("POST", f"/clients/{before[0]['id']}/pcap", None, None, 409, "--pcap DIR"),
+        ("DELETE", f"/clients/{before[0]['id']}/pcap", None, None, 409, "--pcap DIR"),
     ]
     for method, path, body, raw, status, text in cases:
         reply = await api(sock, method, path, body, raw=raw)

@@ -539,7 +539,9 @@ class ApiServer:
 
     async def stop_pcap(self, request: Request, match: re.Match[str]) -> Response:
         info = self._peer(match)
-        capture = self.server.pcap.stop(info.id, info) if self.server.pcap else None
+        if self.server.pcap is None:  # as for POST: nothing to stop until --pcap is given
+            raise HttpError(409, "packet capture is off: start the server with --pcap DIR")
+        capture = self.server.pcap.stop(info.id, info)
         if capture is None:
             raise HttpError(404, f"client {info.id} is not being captured")
         with trio.move_on_after(KICK_TIMEOUT):

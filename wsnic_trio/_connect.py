@@ -12,6 +12,7 @@ import logging
 import math
 import signal
 import urllib.parse
+from collections.abc import Callable
 
 import trio
 
@@ -24,9 +25,17 @@ from ._guard import FramePolicy
 from ._relay import RelayStats, relay
 from ._tap import TapDevice
 
-__all__ = ["ConnectOptions", "run_connect"]
+__all__ = ["ConnectOptions", "NoConnection", "run_connect"]
 
 log = logging.getLogger("wsnic_trio.connect")
+
+
+class NoConnection(SetupError):
+    """``--once`` and not even one connection was made: the exit status must say so.
+
+    A :class:`SetupError`, so the command line reports it as one line and exits 2, like
+    any other problem the user can fix (wrong URL, server not running, token refused).
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +49,9 @@ class ConnectOptions:
     retry_min: float = 0.5
     retry_max: float = 10.0
     once: bool = False
+    # A session that stayed up this long was a working link: the next wait starts again
+    # at retry_min. A server that accepts and drops at once still backs off to retry_max.
+    stable_after: float = 5.0
 
 
 def shown_url(url: str) -> str:
@@ -59,7 +71,7 @@ def shown_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query="&".join(fields)))
 
 
-async def _session(opts: ConnectOptions, tap: TapDevice) -> None:
+async def _session(opts: ConnectOptions, tap: TapDevice, connected: Callable[[], None]) -> None:
     check = FrameCheck(opts.mtu + 18)
     # One dialer per transport module, chosen by the URL's scheme (ws:, qemu+unix:, bess:...).
     link = await dialer_for(opts.url)(
@@ -67,6 +79,7 @@ async def _session(opts: ConnectOptions, tap: TapDevice) -> None:
         check=check,
         liveness=Liveness(ping_interval=opts.ping_interval, timeout=opts.ping_timeout),
     )
+    connected()
     stats = RelayStats()
     log.info("connected to %s; relaying %s", shown_url(opts.url), tap.name)
     reason: BaseException | None = None
@@ -95,16 +108,25 @@ async def run_connect(
     delay = opts.retry_min
     try:
         while True:
-            started = trio.current_time()
+            up_since: float | None = None
+
+            def connected() -> None:
+                nonlocal up_since
+                up_since = trio.current_time()
+
+            failure: BaseException | None = None
             try:
-                await _session(opts, tap)
+                await _session(opts, tap, connected)
             except* SetupError:
                 raise
             except* (PeerError, OSError, trio.TooSlowError) as group:
-                log.warning("connection to %s ended: %s", shown_url(opts.url), group.exceptions[0])
+                failure = group.exceptions[0]
+                log.warning("connection to %s ended: %s", shown_url(opts.url), failure)
             if opts.once:
+                if up_since is None:
+                    raise NoConnection(f"no connection to {shown_url(opts.url)}: {failure}")
                 return
-            if trio.current_time() - started > 10 * opts.retry_max:
+            if up_since is not None and trio.current_time() - up_since >= opts.stable_after:
                 delay = opts.retry_min
             log.info("reconnecting in %.1f s", delay)
             await trio.sleep(delay)
