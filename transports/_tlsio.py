@@ -92,7 +92,7 @@ class TlsContext:
 def _ssl_problem(exc: ssl.SSLError) -> str:
     reason = exc.reason or str(exc)
     # OpenSSL's name for "this PEM block does not decode" (bad base64, a cut-off file).
-    return "the PEM data is damaged (OpenSSL: PEM lib)" if reason == "PEM lib" else reason
+    return "the PEM data is damaged (OpenSSL: PEM lib)" if "PEM lib" in reason else reason
 
 
 def _read_pem(path: Path, what: str) -> bytes:
