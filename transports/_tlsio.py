@@ -44,26 +44,62 @@ class TlsContext:
         # (Options = ClientRenegotiation) may not: say so ourselves.
         ctx.options |= ssl.OP_NO_RENEGOTIATION
         ctx.set_alpn_protocols(["http/1.1"])
+        self._check_files()
         try:
-            ctx.load_cert_chain(self.certificate, self.private_key)
-        except FileNotFoundError as exc:
-            raise SetupError(f"TLS: no such file: {exc.filename}") from None
-        except PermissionError as exc:
-            raise SetupError(f"TLS: cannot read {exc.filename}: permission denied") from None
+            ctx.load_cert_chain(self.certificate, self.private_key, password=self._encrypted)
         except ssl.SSLError as exc:
+            key = self.private_key or self.certificate
             what = (
-                "the private key does not match the certificate"
+                f"the private key in {key} does not match the certificate {self.certificate}"
                 if "KEY_VALUES_MISMATCH" in str(exc)
                 else f"cannot load certificate {self.certificate}"
-                + (f" / key {self.private_key}" if self.private_key else "")
-                + f": {exc.reason or exc}"
+                + (f" with key {self.private_key}" if self.private_key else "")
+                + f": {_ssl_problem(exc)}"
             )
             raise SetupError(f"TLS: {what}") from None
+        except OSError as exc:  # (not SSLError, caught above) replaced since the check
+            raise SetupError(f"TLS: cannot read {self.certificate}: {exc.strerror}") from None
         return ctx
+
+    def _check_files(self) -> None:
+        """Name the file and what is wrong with it: OpenSSL reports a missing key as an
+        error without a file name, and a certificate without its key as "PEM lib"."""
+        cert = _read_pem(self.certificate, "certificate")
+        if b"-----BEGIN CERTIFICATE-----" not in cert:
+            raise SetupError(f"TLS: {self.certificate} holds no PEM certificate")
+        if self.private_key is None:
+            if b"PRIVATE KEY-----" not in cert:
+                raise SetupError(
+                    f"TLS: {self.certificate} holds no private key; give the key with "
+                    "-k/--wss-private-key"
+                )
+        elif b"PRIVATE KEY-----" not in _read_pem(self.private_key, "private key"):
+            raise SetupError(f"TLS: {self.private_key} holds no PEM private key")
+
+    def _encrypted(self) -> bytes:
+        """Called by OpenSSL for a passphrase-protected key: refuse instead of having
+        OpenSSL ask on the terminal (a service has none; start-up would hang)."""
+        raise SetupError(
+            f"TLS: the private key in {self.private_key or self.certificate} is encrypted; "
+            "give an unencrypted key (e.g. openssl pkey -in KEY -out PLAIN)"
+        )
 
     def reload(self) -> None:
         self.context = self._load()
         log.info("TLS certificate reloaded from %s", self.certificate)
+
+
+def _ssl_problem(exc: ssl.SSLError) -> str:
+    reason = exc.reason or str(exc)
+    # OpenSSL's name for "this PEM block does not decode" (bad base64, a cut-off file).
+    return "the PEM data is damaged (OpenSSL: PEM lib)" if "PEM lib" in reason else reason
+
+
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SetupError(f"TLS: cannot read {what} {path}: {exc.strerror}") from None
 
 
 class TlsSocketIO(SocketIO):

@@ -297,15 +297,7 @@ def check_prerequisites(config: Config) -> None:
             "dnsmasq is not installed (Debian: apt-get install dnsmasq-base); "
             "or run without DHCP/DNS with --disable-dhcp"
         )
-    if config.dhcp_lease_file is not None:
-        path = config.dhcp_lease_file.absolute()
-        if not path.parent.is_dir():
-            raise SetupError(
-                f"--dhcp-lease-file {config.dhcp_lease_file}: directory {path.parent} "
-                "does not exist"
-            )
-        if path.is_dir():
-            raise SetupError(f"--dhcp-lease-file {config.dhcp_lease_file} is a directory")
+    # --dhcp-lease-file was checked before the bridge was made (wsnic_trio._preflight).
 
 
 def _leftover_pids(rundir: Path) -> list[int]:

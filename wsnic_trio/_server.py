@@ -1,9 +1,10 @@
 """The server: one nursery that owns the LAN, every listener and every peer.
 
-Start-up order is explicit and each step is reversible: listeners are bound first (a
-taken port fails before the host is touched), then the bridge is created, then the
-listeners start accepting. Each peer runs in its own nursery inside its listener's
-task; whatever ends a peer ends that peer alone.
+Start-up order is explicit and each step is reversible: options that name paths are
+checked first (:mod:`wsnic_trio._preflight`), then listeners are bound (a taken port
+fails before the host is touched; token files and the TLS certificate are read), then
+the bridge is created, then the listeners start accepting. Each peer runs in its own
+nursery inside its listener's task; whatever ends a peer ends that peer alone.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ._guard import FramePolicy, GatewayRules, SourceGuard, refuse_mac
 from ._lan import BRIDGE_MAC, LanBackend
 from ._leases import LeaseTable
 from ._pcap import PcapManager
+from ._preflight import check_paths
 from ._privsep import (
     SeparatedLan,
     drop_privileges,
@@ -420,6 +422,8 @@ async def run_server(
 ) -> None:
     """Run until cancelled. ``started()`` reports the Server once every listener accepts."""
     account = resolve_account(config, euid=os.geteuid())  # --user: checked before anything
+    # Paths used only later (captures, the lease file), as the side that will use them.
+    await trio.to_thread.run_sync(check_paths, config, account)
     raise_fd_limit()
     tokens = TokenStore(config.auth_token_file)
     if tokens.enabled:
