@@ -168,7 +168,7 @@ def _bind_in(
         sock.bind(where)
     except OSError as exc:
         sock.close()
-        raise SetupError(f"{what}: cannot bind {path}: {exc.strerror}") from None
+        raise SetupError(f"{what}: cannot bind {path}: {exc.strerror or exc}") from None
     identity: Identity | None = None
     try:
         identity = _claim(directory, name, mode, by_name)
