@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import ipaddress
 import logging
 import os
@@ -39,6 +38,7 @@ import trio
 from ._config import Config
 from ._exceptions import SetupError
 from ._procs import iter_processes, net_namespace_id, port_holders
+from ._safefs import UnsafePathError, open_directory, prepare_private_file
 
 __all__ = [
     "RESOLV_CONF",
@@ -519,12 +519,15 @@ async def serve_dnsmasq(
     config: Config,
     on_restart: Callable[[], None] | None = None,
     *,
+    lease_owner: tuple[int, int] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run dnsmasq for the LAN until cancelled; ``started(pid)`` once it serves.
 
-    ``on_restart`` is called before each start after the first (for the metrics). The
-    run directory (pid file, temporary lease file) is removed when this ends.
+    ``on_restart`` is called before each start after the first (for the metrics).
+    ``lease_owner`` (uid, gid): whom the lease file is handed to before dnsmasq opens it
+    (``--user``: the server reads it after the drop). The run directory (pid file,
+    temporary lease file) is removed when this ends.
     """
     binary = _binary()
     if binary is None:
@@ -542,27 +545,34 @@ async def serve_dnsmasq(
     holders = await trio.to_thread.run_sync(port_holders, [53, 67], address)
     if any(h.proto == "udp" or h.port == 53 for h in holders):
         raise _start_error("", address)
+    await trio.to_thread.run_sync(_make_run_dir, rundir)
+    # Leases name every client's MAC, address and hostname: readable by root (and with
+    # --user the server's user) only. dnsmasq keeps the owner and mode of a file that
+    # exists (it rewrites it in place).
+    what = (
+        f"--dhcp-lease-file {config.dhcp_lease_file}"
+        if config.dhcp_lease_file is not None
+        else f"lease file {plan.lease_file}"
+    )
     try:
-        await trio.to_thread.run_sync(partial(rundir.mkdir, mode=0o755, parents=True))
-    except OSError as exc:
-        if exc.errno != errno.EEXIST:
-            raise SetupError(f"cannot create {rundir}: {exc.strerror}") from None
-    # Leases name every client's MAC, address and hostname: readable by root only.
-    # dnsmasq keeps the mode of a file that exists (it rewrites it in place).
-    await trio.to_thread.run_sync(_private_file, plan.lease_file)
-    try:
+        await trio.to_thread.run_sync(prepare_private_file, plan.lease_file, what, lease_owner)
         await _supervise(argv, plan, address, task_status, on_restart)
     finally:
         with trio.move_on_after(_STOP_TIMEOUT, shield=True):
             await trio.to_thread.run_sync(_remove_run_dir, rundir)
 
 
-def _private_file(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _make_run_dir(rundir: Path) -> None:
+    """Make the LAN's run directory (and /run/wsnic-trio): root's alone, since dnsmasq
+    (as root) writes its pid file and maybe the lease file there by name."""
     try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
+        directory = open_directory(rundir, create=0o755)
+    except OSError as exc:
+        raise SetupError(f"cannot create {rundir}: {exc.strerror}") from None
+    with directory:
+        why = directory.problem or f"it can be written by {directory.writers}"
+        if not directory.private:
+            raise UnsafePathError(f"cannot use {rundir}: {why}")
 
 
 def _remove_run_dir(rundir: Path) -> None:

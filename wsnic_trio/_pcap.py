@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
+import errno
 import logging
 import os
 import re
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
+
+from ._safefs import UnsafePathError, create_new_file
 
 if TYPE_CHECKING:
     from ._server import PeerInfo
@@ -72,6 +75,17 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
 def min_free(total: int) -> int:
     """The free bytes a disk of ``total`` bytes needs for new captures to start."""
     return min(MIN_FREE_BYTES, int(total * MIN_FREE_FRACTION))
+
+
+def _create(path: Path) -> int:
+    """A new capture file, mode 0600. Never an existing file, and never through a
+    symlink someone else could have put on the way: a root server's --pcap directory
+    may be in a directory another user can write, and that user could otherwise make
+    root create (and fill) a file anywhere. Refusals are errors of this capture only."""
+    try:
+        return create_new_file(path, 0o600)
+    except UnsafePathError as exc:
+        raise PermissionError(errno.EPERM, str(exc)) from None
 
 
 def disk_nearly_full(free: int, total: int) -> bool:
@@ -300,8 +314,7 @@ class Capture:
     async def run(self) -> None:
         fd = -1
         try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-            fd = await trio.to_thread.run_sync(os.open, self.path, flags, 0o600)
+            fd = await trio.to_thread.run_sync(_create, self.path)
             while True:
                 await self._wake.wait()
                 self._wake = trio.Event()

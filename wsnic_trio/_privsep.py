@@ -37,6 +37,7 @@ import socket
 import stat
 import sys
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,7 +45,7 @@ import trio
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ._config import Config
-from ._dnsmasq import RUN_ROOT, lease_file_path, serve_dnsmasq
+from ._dnsmasq import RUN_ROOT, serve_dnsmasq
 from ._exceptions import ConfigError, SetupError, WsnicError
 from ._lan import Lan
 from ._log import setup_logging
@@ -213,14 +214,18 @@ def unreadable_files(config: Config) -> list[str]:
 
 def socket_files(listeners: Iterable[object]) -> list[tuple[str, int, int]]:
     """(path, dev, inode) of the unix socket files of ``listeners`` (anything with a
-    ``unix`` attribute holding a ``transports._unixpath.UnixPath``)."""
+    ``unix`` attribute holding a ``transports._unixpath.UnixPath``).
+
+    The identity is the one recorded when the socket was bound, not what the path shows
+    now: a directory on the path that another user can write may meanwhile lead to
+    another socket of the same name, which the helper must never remove."""
     found = []
     for listener in listeners:
-        path = getattr(getattr(listener, "unix", None), "path", None)
-        if isinstance(path, str):
-            with contextlib.suppress(OSError):
-                st = os.stat(path)
-                found.append((path, st.st_dev, st.st_ino))
+        unix = getattr(listener, "unix", None)
+        path, identity = getattr(unix, "path", None), getattr(unix, "identity", None)
+        if isinstance(path, str) and isinstance(identity, tuple):
+            dev, ino = identity
+            found.append((path, int(dev), int(ino)))
     return found
 
 
@@ -275,13 +280,6 @@ class SeparatedLan(HelperLan):
 
 
 # -- the helper's side: python -m wsnic_trio._nshelper --in-place FD ----------------------
-
-
-def _hand_over(path: Path, uid: int, gid: int) -> None:
-    """The lease file becomes the server user's (mode stays 0600): only it and root may
-    read it. dnsmasq rewrites it in place, so owner and mode survive every update."""
-    with contextlib.suppress(FileNotFoundError):
-        os.chown(path, uid, gid)
 
 
 def _remove_sockets(sockets: Sequence[Any]) -> None:
@@ -379,8 +377,12 @@ async def _session(sock: trio.socket.SocketType) -> None:
             await probe_lan(lan, _DOCS)
             async with lan_services(config), trio.open_nursery() as nursery:
                 if not config.disable_dhcp:
-                    await nursery.start(serve_dnsmasq, config)
-                    await trio.to_thread.run_sync(_hand_over, lease_file_path(config), uid, gid)
+                    # The lease file becomes the server user's (mode 0600) before dnsmasq
+                    # opens it: only that user and root may read it, and dnsmasq rewrites
+                    # it in place, so owner and mode survive every update. It is handed
+                    # over through its open fd, and only in a directory that only root
+                    # can change (the user could otherwise put a link to any file there).
+                    await nursery.start(partial(serve_dnsmasq, config, lease_owner=(uid, gid)))
                 await _send(sock, Reply(True, {"pid": os.getpid()}))
                 replied = True
                 await _answer_taps(sock, lan)
