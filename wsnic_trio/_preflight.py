@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +30,10 @@ if TYPE_CHECKING:
 __all__ = ["check_lease_file", "check_paths", "directory_problem"]
 
 #: Asks, as the account it runs as, whether it may create files in argv[1].
-_CAN_CREATE = "import os, sys; sys.exit(0 if os.access(sys.argv[1], os.W_OK | os.X_OK) else 1)"
+#: Run as the account by /bin/sh, which every account may execute (the server's own
+#: Python may live where the account cannot go, e.g. a venv under /root). ``test -w``
+#: and ``-x`` ask the kernel (access(2)) as the account.
+_CAN_CREATE = 'test -d "$1" && test -w "$1" && test -x "$1"'
 
 
 def check_paths(config: Config, account: Account | None) -> None:
@@ -98,7 +100,7 @@ def _may_create_as(path: Path, account: Account) -> bool:
     """Ask the kernel as ``account`` (a child that runs as it): its answer counts ACLs,
     group memberships and read-only mounts, which copying the permission check would not."""
     result = subprocess.run(
-        [sys.executable, "-I", "-c", _CAN_CREATE, os.fspath(path)],
+        ["/bin/sh", "-c", _CAN_CREATE, "sh", os.fspath(path)],
         user=account.uid,
         group=account.gid,
         extra_groups=list(account.groups),
