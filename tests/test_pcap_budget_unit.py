@@ -15,6 +15,7 @@ from wsnic_trio._pcap import (
     Capture,
     PcapBudget,
     PcapManager,
+    PeerGone,
     disk_nearly_full,
     pcap_header,
 )
@@ -254,4 +255,20 @@ async def test_a_nearly_full_disk_refuses_new_captures_until_there_is_room(
         await manager.check_disk()
         assert manager.start(peer(1)) is None
         assert manager.captures[1] is capture and not capture.closing
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_capture_starts_for_a_peer_that_left(tmp_path: Path) -> None:
+    """(found by the chaos test) The API awaits a disk check between finding the client
+    and starting its capture; a client that left meanwhile must get no capture, else its
+    writer task and file would outlive it for good."""
+    async with trio.open_nursery() as nursery:
+        manager = PcapManager(tmp_path, 1_000_000, True, 256_000_000)
+        await nursery.start(manager.run)
+        gone = peer(7)
+        gone.gone.set()
+        with pytest.raises(PeerGone):
+            manager.start(gone)
+        assert manager.captures == {}
+        assert captures_in(tmp_path) == {}
         nursery.cancel_scope.cancel()

@@ -39,7 +39,7 @@ from ._exceptions import SetupError
 from ._forward import ForwardError, ForwardManager
 from ._leases import Lease
 from ._metrics import CONTENT_TYPE_LATEST, make_registry, render
-from ._pcap import PcapManager
+from ._pcap import PcapManager, PeerGone
 from ._stats import Totals, mac_text, merged_totals
 
 if TYPE_CHECKING:
@@ -532,7 +532,10 @@ class ApiServer:
         if self.server.pcap is None:
             raise HttpError(409, "packet capture is off: start the server with --pcap DIR")
         await self.server.pcap.check_disk()  # fresh, not the last poll's view
-        capture = self.server.pcap.start(info)
+        try:
+            capture = self.server.pcap.start(info)
+        except PeerGone:  # it left during the disk check
+            raise HttpError(404, f"no client with id {info.id} is connected") from None
         if capture is None:  # the disk is nearly full, or the budget is all live captures
             raise HttpError(507, f"capture refused: {self.server.pcap.last_refusal}")
         return json_response({"id": info.id, "capture": capture.describe()}, 201)

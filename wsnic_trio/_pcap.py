@@ -72,6 +72,10 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
         view = view[os.write(fd, view) :]
 
 
+class PeerGone(Exception):
+    """The peer to capture has left (its TAP is gone)."""
+
+
 def min_free(total: int) -> int:
     """The free bytes a disk of ``total`` bytes needs for new captures to start."""
     return min(MIN_FREE_BYTES, int(total * MIN_FREE_FRACTION))
@@ -491,6 +495,10 @@ class PcapManager:
         None when the capture is refused (the disk is nearly full, or live captures hold
         the whole budget): counted in ``refused``, the reason in ``last_refusal``."""
         assert self._nursery is not None, "PcapManager.run is not running"
+        if info.gone.is_set():
+            # The peer left while the caller awaited something: a capture now would
+            # never be stopped (its writer and file would outlive the peer).
+            raise PeerGone(info.id)
         refused = self.refusal()  # before the stop: a refused restart keeps the capture
         if refused is None:
             self.stop(info.id, info)
