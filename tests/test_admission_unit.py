@@ -61,18 +61,28 @@ def test_admission_statuses(tmp_path: Path) -> None:
     assert adm.check(AdmissionRequest("ws", "10.0.0.4", ("good",))) is None
 
 
-def test_failed_logins_are_braked_per_address(tmp_path: Path) -> None:
+def test_failed_logins_brake_guessing_but_never_keep_a_valid_token_out(tmp_path: Path) -> None:
+    """(issue 12) Failures from a shared address (a classroom's NAT) once kept even a
+    valid token at 429. Now a braked address waits before every verdict, a valid
+    token's as long as an invalid one's (the wait says nothing about the token), and a
+    valid token then gets in."""
     now = [0.0]
-    adm = Admission(
-        store(tmp_path, "good\n"), limiter=FailureLimiter(burst=3, refill=10, clock=lambda: now[0])
-    )
+    limiter = FailureLimiter(burst=3, refill=10, clock=lambda: now[0], delay=2.0)
+    adm = Admission(store(tmp_path, "good\n"), limiter=limiter)
+    bad = AdmissionRequest("ws", "10.0.0.9", ("bad",))
+    good = AdmissionRequest("ws", "10.0.0.9", ("x", "good"))
     for _ in range(3):
-        assert adm.check(AdmissionRequest("ws", "10.0.0.9", ("bad",))).http_status == 403  # type: ignore[union-attr]
-    braked = adm.check(AdmissionRequest("ws", "10.0.0.9", ("good",)))
-    assert braked is not None and braked.http_status == 429, "even a good token waits"
-    assert adm.check(AdmissionRequest("ws", "10.0.0.10", ("good",))) is None, "others are not"
+        assert adm.login_delay(bad) == 0
+        assert adm.check(bad).http_status == 403  # type: ignore[union-attr]
+    assert adm.login_delay(bad) == adm.login_delay(good) == 2.0
+    braked = adm.check(bad)
+    assert braked is not None and braked.http_status == 429 and "waits 2 s" in braked.reason
+    assert adm.check(good) is None, "a valid token gets in, whatever others did"
+    assert adm.login_delay(AdmissionRequest("ws", "10.0.0.10", ("bad",))) == 0, "others are not"
+    assert adm.login_delay(AdmissionRequest("ws", "10.0.0.9")) == 0, "no token: nothing to hide"
     now[0] = 10.0
-    assert adm.check(AdmissionRequest("ws", "10.0.0.9", ("good",))) is None
+    assert adm.login_delay(bad) == 0
+    assert adm.check(bad).http_status == 403  # type: ignore[union-attr]
 
 
 def test_limiter_memory_is_bounded() -> None:

@@ -350,6 +350,14 @@ async def test_bad_requests_and_half_closes_cost_their_connection_only(
         (request("HEAD", "/events"), 200),
         (request("HEAD", "/nowhere"), 404),
         (request("HEAD", "/forwards", "content-length: 100000"), 413),
+        # (issue 12) Numbers too long for Python's int(): a 4xx, never a 500.
+        (request("GET", "/clients/" + "9" * 5000), 404),
+        (request("DELETE", "/clients/" + "7" * 20), 404),
+        (request("POST", "/clients/" + "1" * 5000 + "/pcap"), 404),
+        (request("DELETE", "/clients/" + "1" * 5000 + "/pcap"), 404),
+        (request("POST", "/forwards", body=b'{"local": ' + b"1" * 5000 + b"}"), 400),
+        (request("POST", "/forwards", "content-length: " + "9" * 5000), 400),
+        (request("GET", "/clients", "content-length: 1" + "0" * 40), 400),
     ]
     for raw, status in cases:
         answer = await exchange(sock, raw)

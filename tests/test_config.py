@@ -46,6 +46,8 @@ VALUE_CASES = {
     "ping_interval": ("5", 5.0),
     "ping_timeout": ("500", 500.0),
     "handshake_timeout": ("2.5", 2.5),
+    "max_handshakes": ("512", 512),
+    "max_handshakes_per_ip": ("0", 0),
     "wss_port": ("8443", 8443),
     "wss_certificate": ("/etc/x/fullchain.pem", Path("/etc/x/fullchain.pem")),
     "wss_private_key": ("/etc/x/privkey.pem", Path("/etc/x/privkey.pem")),

@@ -167,6 +167,12 @@ class _Handler:
     def admit(self, request: AdmissionRequest) -> Rejection | None:
         return None
 
+    def admission_delay(self, request: AdmissionRequest) -> float:
+        return 0.0
+
+    def count_refusal(self, transport: str, reason: str) -> None:
+        pass
+
     async def __call__(self, link: PeerLink) -> None:
         self.links.append(link)
         self.arrived.set()

@@ -211,6 +211,17 @@ class PeerHandler(Protocol):
         """Decide before any TAP exists; None means welcome. Never blocks."""
         ...
 
+    def admission_delay(self, request: AdmissionRequest) -> float:
+        """Seconds to wait before calling :meth:`admit` (0 normally): the login brake
+        of an address with many failed logins. It holds for a valid token as for any
+        other, so that how soon the answer comes says nothing about the token."""
+        ...
+
+    def count_refusal(self, transport: str, reason: str) -> None:
+        """A transport turned a would-be peer away itself, before admission (e.g. the
+        cap on connections in their handshake): count it (``wsnic_refused_total``)."""
+        ...
+
     async def __call__(self, link: PeerLink) -> None:
         """Serve one peer until it ends; raises nothing but Cancelled."""
         ...

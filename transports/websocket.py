@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -26,7 +27,7 @@ from wsnic_trio._exceptions import (
     SetupError,
 )
 
-from ._listen import accept_forever
+from ._listen import HandshakeGate, accept_forever
 from ._netaddr import bind_all_addresses, connect_any
 from ._sockio import SocketIO, is_disconnect
 from ._tlsio import TlsContext, TlsSocketIO
@@ -44,7 +45,13 @@ from .websocket_protocol import PLAIN_PAGE, TLS_PAGE, HandshakeRequest, Phase, W
 if TYPE_CHECKING:
     from wsnic_trio._config import Config
 
-__all__ = ["WebSocketLink", "WebSocketTransport", "dial_websocket", "tcp_listener"]
+__all__ = [
+    "WebSocketLink",
+    "WebSocketTransport",
+    "dial_websocket",
+    "handshake_gate",
+    "tcp_listener",
+]
 
 log = logging.getLogger("wsnic_trio.ws")
 
@@ -222,13 +229,32 @@ def choose_subprotocol(offered: tuple[str, ...], *, tokens: bool) -> str | None:
     return next((name for name in offered if not name.startswith("token.")), None)
 
 
+def handshake_gate(config: Config) -> HandshakeGate:
+    """The cap on WebSocket connections still in their handshake (TLS and the HTTP
+    upgrade request): ``--max-handshakes`` in all, ``--max-handshakes-per-ip`` each."""
+    return HandshakeGate(
+        config.max_handshakes,
+        config.max_handshakes_per_ip,
+        what="WebSocket",
+        names=("--max-handshakes", "--max-handshakes-per-ip"),
+    )
+
+
 class WebSocketTransport:
     """A ws:// or wss:// listener; every accepted connection becomes one peer."""
 
-    def __init__(self, config: Config, *, tls: TlsContext | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        tls: TlsContext | None = None,
+        gate: HandshakeGate | None = None,
+    ) -> None:
         self.config = config
         self.tls = tls
         self.name = "wss" if tls else "ws"
+        #: Shared by the ws:// and wss:// listeners: the caps are the server's.
+        self.gate = gate if gate is not None else handshake_gate(config)
         self.check = FrameCheck(config.max_frame)
         self.liveness = Liveness(ping_interval=config.ping_interval, timeout=config.ping_timeout)
         port = config.wss_port if tls else config.ws_port
@@ -238,12 +264,13 @@ class WebSocketTransport:
     @classmethod
     def from_config(cls, config: Config) -> list[WebSocketTransport]:
         made: list[WebSocketTransport] = []
+        gate = handshake_gate(config)
         try:
             if config.ws_port:
-                made.append(cls(config))
+                made.append(cls(config, gate=gate))
             tls = tls_from_config(config)
             if tls is not None:
-                made.append(cls(config, tls=tls))
+                made.append(cls(config, tls=tls, gate=gate))
         except BaseException:
             for transport in made:
                 transport.close()
@@ -285,17 +312,30 @@ class WebSocketTransport:
         proto = WebSocketProtocol(
             client=False, check=self.check, plain_page=TLS_PAGE if self.tls else PLAIN_PAGE
         )
+        # Counted from the first moment: a connection that never sends a byte is the
+        # cheapest way to hold the server's file descriptors.
+        pending = self.gate.enter(
+            ip,
+            self.config.handshake_timeout,
+            on_evict=functools.partial(handler.count_refusal, self.name),
+        )
         link: WebSocketLink | None = None
         try:
-            with trio.move_on_after(self.config.handshake_timeout) as scope:
-                if isinstance(io, TlsSocketIO):
-                    try:
-                        await io.handshake()
-                    except PeerClosed:
-                        log.info("%s: TLS handshake failed: the client hung up", remote)
-                        return
-                subprotocol = await self._handshake(io, proto, remote, ip, handler)
-            if scope.cancelled_caught:
+            try:
+                with pending.scope:  # the handshake timeout, and the gate's way to close it
+                    if isinstance(io, TlsSocketIO):
+                        try:
+                            await io.handshake()
+                        except PeerClosed:
+                            log.info("%s: TLS handshake failed: the client hung up", remote)
+                            return
+                    subprotocol = await self._handshake(io, proto, remote, ip, handler)
+            finally:
+                pending.done()
+            if pending.evicted is not None:
+                log.debug("%s: closed in its handshake (%s)", remote, pending.evicted)
+                return
+            if pending.scope.cancelled_caught:
                 log.info(
                     "%s: no complete WebSocket handshake within %g s; closed",
                     remote,
@@ -326,6 +366,8 @@ class WebSocketTransport:
         finally:
             if link is not None:
                 await link.aclose()
+            elif pending.evicted is not None:
+                io.close()  # at once: making room is the point, and the peer may not read
             else:
                 with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
                     with contextlib.suppress(OSError, PeerError):
@@ -355,6 +397,11 @@ class WebSocketTransport:
                 admission = AdmissionRequest(
                     self.name, ip, token_candidates(request), origin_header(request)
                 )
+                delay = handler.admission_delay(admission)
+                if delay > 0:
+                    # The login brake: a token from an address with many failed logins
+                    # is checked only after this wait, valid or not (docs/security.md).
+                    await trio.sleep(delay)
                 rejection = handler.admit(admission)
                 if rejection is None:
                     offered = request.subprotocols

@@ -3,7 +3,8 @@
 All decisions are made before a TAP exists, and all of them are synchronous and cheap:
 an attacker's connection costs a socket and a few microseconds, never a device. Nothing
 here does I/O except :meth:`TokenStore.load`, which the server calls at start and on
-SIGHUP.
+SIGHUP. The one wait, the login brake's (:meth:`FailureLimiter.delay`), is for the
+caller to sleep.
 """
 
 from __future__ import annotations
@@ -184,11 +185,31 @@ class TokenStore:
         return ok
 
 
-class FailureLimiter:
-    """Per source address: after ``burst`` failed logins, one try per ``refill`` seconds.
+#: How long each login from a braked address waits for its verdict, in seconds.
+BRAKE_DELAY = 2.0
 
-    A token bucket per address; the table is bounded so a spray from many addresses
-    cannot grow memory (the least recently failed addresses are forgotten first).
+
+class FailureLimiter:
+    """The login brake, per source address: after ``burst`` failed logins the address
+    is braked until it has failed none for ``refill`` seconds (a token bucket: one
+    try comes back per ``refill`` seconds, and each failure takes one).
+
+    A braked address is not locked out: every login from it is answered only after
+    ``delay`` seconds, whether its token is valid or not, and a valid token is let in.
+    Refusing every login from a braked address, valid tokens too, would let anybody
+    behind the same address (a classroom's NAT, a relay's users after a token change)
+    keep everyone else there out by failing on purpose. Letting valid tokens in at once
+    and delaying the rest would undo the brake: a guess that is not answered at once
+    would be known to be wrong, and the next could follow without waiting. So both
+    wait the same, and how fast an address can guess depends on how many logins it can
+    have waiting at once: the cap on connections in their handshake
+    (``--max-handshakes-per-ip``, 16 by default: 8 guesses a second). That is no
+    protection for a guessable token, and none is needed for a random one (the docs
+    ask for 128 random bits); the brake keeps guessing slow, visible and cheap for the
+    server, without letting one user lock out the others (docs/security.md#tokens).
+
+    The table is bounded so a spray from many addresses cannot grow memory (the least
+    recently failed addresses are forgotten first).
     """
 
     def __init__(
@@ -197,11 +218,13 @@ class FailureLimiter:
         refill: float = 10.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        delay: float = BRAKE_DELAY,
     ) -> None:
         self.burst = burst
         self.refill = refill
         self.max_entries = max_entries
         self.clock = clock
+        self.braked_delay = delay
         self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
 
     def _level(self, addr: str, now: float) -> float:
@@ -212,7 +235,12 @@ class FailureLimiter:
         return min(float(self.burst), level + (now - when) / self.refill)
 
     def blocked(self, addr: str) -> bool:
+        """Whether the address is braked (out of tries)."""
         return self._level(addr, self.clock()) < 1.0
+
+    def delay(self, addr: str | None) -> float:
+        """How long a login from ``addr`` must wait before its token is checked."""
+        return self.braked_delay if addr is not None and self.blocked(addr) else 0.0
 
     def failed(self, addr: str) -> None:
         now = self.clock()
@@ -259,14 +287,22 @@ class Admission:
         shown = printable(origin, 100)
         return Rejection(403, f"origin {shown} is not allowed on this server", 1008, "origin")
 
+    def login_delay(self, request: AdmissionRequest) -> float:
+        """How long the transport waits before :meth:`check` (the login brake): only for
+        a request whose token would be checked; see :class:`FailureLimiter`."""
+        if not self.tokens.enabled or not request.tokens:
+            return 0.0  # nothing to guess: the answer may come at once
+        if self.origin_refused(request.origin) is not None:
+            return 0.0
+        return self.limiter.delay(request.remote_ip)
+
     def check(self, request: AdmissionRequest, *, authenticate: bool = True) -> Rejection | None:
         ip = request.remote_ip
         refused = self.origin_refused(request.origin)
         if refused is not None:
             return refused
         if authenticate and self.tokens.enabled:
-            if ip is not None and self.limiter.blocked(ip):
-                return Rejection(429, "too many failed logins from this address; try later", 1008)
+            braked = ip is not None and self.limiter.blocked(ip)
             if not request.tokens:
                 if ip is not None:
                     self.limiter.failed(ip)
@@ -274,10 +310,20 @@ class Admission:
                     401, "a token is required (?token=..., subprotocol or Bearer)", 1008
                 )
             # Check every candidate (no short cut), so timing says nothing about which.
+            # A valid one is let in even from a braked address: others' failures there
+            # must not keep it out (the wait before this check is the brake).
             valid = [self.tokens.valid(token) for token in request.tokens]
             if not any(valid):
                 if ip is not None:
                     self.limiter.failed(ip)
+                if braked:
+                    return Rejection(
+                        429,
+                        "invalid token, and too many failed logins from this address: "
+                        f"each login from it waits {self.limiter.braked_delay:g} s until "
+                        "they stop",
+                        1008,
+                    )
                 return Rejection(403, "invalid token", 1008)
         if self.max_clients and self.clients >= self.max_clients:
             return Rejection(503, f"server full ({self.max_clients} clients)", 1013)

@@ -5,7 +5,10 @@ only routes and answers. Requests are small and bounded (header and body sizes, 
 timeout, a cap on connections), answers must be taken in time (a client that stops
 reading is closed), and a handler's failure becomes a JSON error for that request alone.
 Whatever a client does, or however it vanishes, ends its own connection only: nothing
-it sends can hurt the server or its peers. The endpoints are documented in docs/api.md.
+it sends can hurt the server or its peers. On TCP, a connection counts against the cap
+only once it has sent a valid token; until then it is one of a small budget of its own
+with a short deadline, so that nobody without a token can take an operator's place.
+The endpoints are documented in docs/api.md.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 import h11
 import trio
 
-from transports._listen import bind_all
+from transports._listen import HandshakeGate, Pending, bind_all
 from transports._netaddr import bind_all_addresses
 from transports._unixpath import UnixPath, bind_unix
+from transports.base import peer_address
 
 from ._admission import FailureLimiter, TokenStore
 from ._config import Config
@@ -50,10 +54,22 @@ __all__ = ["ApiListener", "ApiServer", "bind_api", "load_api_tokens", "start_con
 log = logging.getLogger("wsnic_trio.api")
 
 RUN_ROOT = "/run/wsnic-trio"
+#: Connections one API listener serves at once: every unix one, and on TCP those that
+#: have authenticated.
 MAX_CONNECTIONS = 64
+#: TCP connections that have sent no valid token yet: their own budget, in all and per
+#: source address (at a cap the oldest is closed, see HandshakeGate), ...
+MAX_UNAUTHENTICATED = 16
+MAX_UNAUTHENTICATED_PER_IP = 4
+#: ... and the time they have to send a request with a valid token (its answer may
+#: take longer: that is the request's own business).
+AUTH_TIMEOUT = 10.0
 MAX_BODY = 64 * 1024
 MAX_HEADER = 16 * 1024
 IDLE_TIMEOUT = 30.0
+#: The largest client id a request may name (ids count up from 1; longer numbers are
+#: no client, and would cost the parser dearly).
+_MAX_ID_DIGITS = 18
 #: Longest a client may take none of an answer (or of an event stream) before it is closed.
 SEND_TIMEOUT = 30.0
 KICK_TIMEOUT = 10.0
@@ -147,7 +163,7 @@ class Request:
             return {}
         try:
             return json.loads(self.body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a too long number
             raise HttpError(400, f"malformed JSON in the request body: {exc}") from None
         except RecursionError:
             raise HttpError(400, "malformed JSON in the request body: nested too deep") from None
@@ -197,6 +213,37 @@ def _iso(epoch: float | None) -> str | None:
 
 Handler = Callable[[Request, re.Match[str]], Awaitable[Response | Stream]]
 
+#: After an answer with this header the server closes the connection (h11 sees to it).
+_CLOSE = ("connection", "close")
+
+
+@dataclasses.dataclass
+class _Session:
+    """One API connection's standing: whether it holds one of the listener's
+    :data:`MAX_CONNECTIONS` slots, and until it has authenticated (TCP) its place in
+    the budget of connections without a token."""
+
+    slots: trio.Semaphore
+    remote: str | None
+    needs_token: bool
+    holds_slot: bool = False
+    pending: Pending | None = None
+
+    def deadline(self) -> trio.CancelScope:
+        """The time the next request may take to arrive (for the first one on TCP: the
+        authentication deadline, which the budget may also cut short)."""
+        if self.pending is not None:
+            return self.pending.scope
+        return trio.move_on_after(IDLE_TIMEOUT)
+
+    def end(self) -> None:
+        if self.pending is not None:
+            self.pending.done()
+            self.pending = None
+        if self.holds_slot:
+            self.holds_slot = False
+            self.slots.release()
+
 
 class ApiServer:
     """Answers API requests about one :class:`Server`."""
@@ -209,9 +256,9 @@ class ApiServer:
         self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
             (re.compile(r"/"), {"GET": self.get_index}),
             (re.compile(r"/clients"), {"GET": self.get_clients}),
-            (re.compile(r"/clients/(\d+)"), {"GET": self.get_client, "DELETE": self.kick}),
+            (re.compile(r"/clients/([0-9]+)"), {"GET": self.get_client, "DELETE": self.kick}),
             (
-                re.compile(r"/clients/(\d+)/pcap"),
+                re.compile(r"/clients/([0-9]+)/pcap"),
                 {"POST": self.start_pcap, "DELETE": self.stop_pcap},
             ),
             (re.compile(r"/stats"), {"GET": self.get_stats}),
@@ -234,39 +281,55 @@ class ApiServer:
     ) -> None:
         sock = trio.socket.from_stdlib_socket(listener.sock)
         slots = trio.Semaphore(MAX_CONNECTIONS)
+        unauthenticated: HandshakeGate | None = None
+        if listener.needs_token:
+            unauthenticated = HandshakeGate(
+                MAX_UNAUTHENTICATED,
+                MAX_UNAUTHENTICATED_PER_IP,
+                what="control API",
+                names=(
+                    f"its budget for connections without a token ({MAX_UNAUTHENTICATED})",
+                    f"its budget per address ({MAX_UNAUTHENTICATED_PER_IP})",
+                ),
+            )
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
-                await slots.acquire()
+                if unauthenticated is None:
+                    # A unix socket's mode is its authentication: each connection takes
+                    # a slot from the start, and the next one waits in the backlog.
+                    await slots.acquire()
                 try:
                     conn, addr = await sock.accept()
                 except OSError as exc:
-                    slots.release()
+                    if unauthenticated is None:
+                        slots.release()
                     if exc.errno in _ACCEPT_GONE:
                         continue
                     log.warning("control API: accept failed: %s", exc.strerror or exc)
                     await trio.sleep(0.1)  # EMFILE and the like: wait, don't spin
                     continue
                 stream = trio.SocketStream(conn)
-                remote = addr[0] if isinstance(addr, tuple) else None
-                nursery.start_soon(self._connection, stream, listener.needs_token, remote, slots)
+                remote = peer_address(addr)[1]
+                session = _Session(slots, remote, listener.needs_token)
+                if unauthenticated is None:
+                    session.holds_slot = True
+                else:
+                    # TCP: accepted at once, whatever the slots, and counted in the budget
+                    # without a token (which may close an older such connection).
+                    session.pending = unauthenticated.enter(remote, AUTH_TIMEOUT)
+                nursery.start_soon(self._connection, stream, session)
 
-    async def _connection(
-        self,
-        stream: trio.SocketStream,
-        needs_token: bool,
-        remote: str | None,
-        slots: trio.Semaphore,
-    ) -> None:
+    async def _connection(self, stream: trio.SocketStream, session: _Session) -> None:
         """Serve one client; whatever it does, only this connection ends.
 
         Errors are caught with ``except*``: an event stream is written from inside a
         nursery, so a client that resets mid-stream arrives as an ExceptionGroup, which a
         plain ``except`` would let through to the accept loop and end the whole server.
         """
-        who = remote or "unix socket"
+        who = session.remote or "unix socket"
         try:
-            await self._converse(stream, needs_token, remote)
+            await self._converse(stream, session)
         except* _CLIENT_GONE as group:
             log.debug("control API: client (%s) went away: %s", who, _cause(group))
         except* ClientStalled:
@@ -280,21 +343,23 @@ class ApiServer:
             # costs this connection only.
             log.exception("control API: serving a client (%s) failed; closed it", who)
         finally:
-            slots.release()
+            session.end()
             await trio.aclose_forcefully(stream)
 
-    async def _converse(
-        self, stream: trio.SocketStream, needs_token: bool, remote: str | None
-    ) -> None:
+    async def _converse(self, stream: trio.SocketStream, session: _Session) -> None:
         """Requests and answers on one connection, until either side ends it."""
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER)
         while True:
-            request: Request | None = None  # stays None when the client idles out
-            with trio.move_on_after(IDLE_TIMEOUT):
+            # Stays None when the client idles out, or is cut off before it is authenticated.
+            request: Request | None = None
+            with session.deadline():
                 try:
-                    request = await self._read(conn, stream)
+                    received = await self._read(conn, stream)
+                    if received is not None and session.needs_token:
+                        await self._authenticate(received, session)
+                    request = received
                 except HttpError as exc:
-                    refusal = error_response(exc.status, str(exc))
+                    refusal = error_response(exc.status, str(exc), exc.headers)
                     await self._answer(conn, stream, refusal, body=not exc.head_only)
                     return
                 except h11.RemoteProtocolError as exc:
@@ -304,7 +369,7 @@ class ApiServer:
                     return
             if request is None:
                 return
-            reply = await self._dispatch(request, needs_token, remote)
+            reply = await self._dispatch(request)
             if isinstance(reply, Stream):
                 if request.method != "HEAD":
                     await self._stream(conn, stream, reply)
@@ -401,12 +466,8 @@ class ApiServer:
             await _send(stream, conn.send(h11.EndOfMessage()) or b"")
             nursery.cancel_scope.cancel()
 
-    async def _dispatch(
-        self, request: Request, needs_token: bool, remote: str | None
-    ) -> Response | Stream:
+    async def _dispatch(self, request: Request) -> Response | Stream:
         try:
-            if needs_token:
-                self._authenticate(request, remote)
             for pattern, methods in self.routes:
                 match = pattern.fullmatch(request.path.rstrip("/") or "/")
                 if match is None:
@@ -431,23 +492,59 @@ class ApiServer:
             log.exception("control API: %s %s failed", request.method, request.path)
             return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
 
-    def _authenticate(self, request: Request, remote: str | None) -> None:
+    async def _authenticate(self, request: Request, session: _Session) -> None:
+        """Every request on TCP carries a valid token, or its connection is closed.
+
+        The first one (the login) moves the connection out of the budget without a
+        token into one of the listener's slots (503 when none is free). A valid token
+        is never refused because others failed from the same address: the login brake
+        only delays the answer, to valid and invalid tokens alike (see FailureLimiter).
+        """
         assert self.tokens is not None
-        if remote is not None and self.limiter.blocked(remote):
-            raise HttpError(429, "too many failed logins from this address; try later")
+        remote, head_only = session.remote, request.method == "HEAD"
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             if remote is not None:
                 self.limiter.failed(remote)
             raise HttpError(
                 401,
                 "this API needs 'Authorization: Bearer TOKEN'",
-                [("www-authenticate", "Bearer")],
+                [("www-authenticate", "Bearer"), _CLOSE],
+                head_only=head_only,
             )
-        if not self.tokens.valid(token.strip()):
+        # The brake's wait is for logins; a connection that has shown a valid token
+        # already has nothing left to learn from the timing.
+        delay = self.limiter.delay(remote) if session.pending is not None else 0.0
+        if delay > 0:
+            await trio.sleep(delay)
+        braked = remote is not None and self.limiter.blocked(remote)
+        if not self.tokens.valid(token):
             if remote is not None:
                 self.limiter.failed(remote)
-            raise HttpError(403, "invalid token")
+            if braked:
+                raise HttpError(
+                    429,
+                    "invalid token, and too many failed logins from this address: each "
+                    f"login from it waits {self.limiter.braked_delay:g} s until they stop",
+                    [_CLOSE],
+                    head_only=head_only,
+                )
+            raise HttpError(403, "invalid token", [_CLOSE], head_only=head_only)
+        if session.pending is None:
+            return  # authenticated before
+        session.pending.done()
+        session.pending = None
+        try:
+            session.slots.acquire_nowait()
+        except trio.WouldBlock:
+            raise HttpError(
+                503,
+                f"the control API serves {MAX_CONNECTIONS} connections already; try again later",
+                [_CLOSE],
+                head_only=head_only,
+            ) from None
+        session.holds_slot = True
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -476,7 +573,10 @@ class ApiServer:
             await self.server.leases.update()
 
     def _peer(self, match: re.Match[str]) -> PeerInfo:
-        peer_id = int(match.group(1))
+        digits = match.group(1).lstrip("0") or "0"
+        if len(digits) > _MAX_ID_DIGITS:
+            raise HttpError(404, f"no client with id {digits[:20]}... is connected")
+        peer_id = int(digits)
         info = self.server.peers.get(peer_id)
         if info is None:
             raise HttpError(404, f"no client with id {peer_id} is connected")

@@ -347,6 +347,23 @@ class Config:
         metavar="SECONDS",
         help="drop a connection that has not completed its handshake in this time",
     )
+    max_handshakes: int = _opt(
+        256,
+        "--max-handshakes",
+        parse=_count,
+        metavar="N",
+        help="at most N WebSocket connections (ws and wss together) may be in their "
+        "handshake (TLS and the upgrade request) at once; beyond that, the oldest of the "
+        "address with the most is closed; 0 means no limit",
+    )
+    max_handshakes_per_ip: int = _opt(
+        16,
+        "--max-handshakes-per-ip",
+        parse=_count,
+        metavar="N",
+        help="the same per source address (an IPv6 /64 is one): its oldest connection "
+        "still in its handshake is closed for a newer one; 0 means no limit",
+    )
     wss_port: int = _opt(
         8087,
         "--wss-port",

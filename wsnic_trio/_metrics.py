@@ -74,8 +74,9 @@ class ServerCollector(Collector):
 
         refused = CounterMetricFamily(
             "wsnic_refused",
-            "Would-be clients turned away (auth, login-brake, limit, no-tap: no TAP could "
-            "be made, e.g. the bridge is full)",
+            "Would-be clients turned away (origin, auth, login-brake, limit, no-tap: no TAP "
+            "could be made, e.g. the bridge is full; handshake-limit, handshake-limit-per-ip: "
+            "closed in its handshake to make room for a newer connection)",
             labels=["transport", "reason"],
         )
         for (name, reason), count in sorted(server.refused.items()):

@@ -127,7 +127,7 @@ class Server:
         #: Per transport: connections since start, and the traffic of peers that left.
         self.totals: dict[str, Totals] = {}
         self.events = EventBus()
-        #: Would-be peers turned away after their handshake, by (transport, why).
+        #: Would-be peers turned away (in or after their handshake), by (transport, why).
         self.refused: collections.Counter[tuple[str, str]] = collections.Counter()
         self.dnsmasq_restarts = 0
         #: Started by run_server when configured (packet capture, port forwards).
@@ -163,6 +163,12 @@ class Server:
             kind = rejection.kind or _REFUSAL_KINDS.get(rejection.http_status, "other")
             self.refused[(request.transport, kind)] += 1
         return rejection
+
+    def admission_delay(self, request: AdmissionRequest) -> float:
+        return self.admission.login_delay(request)
+
+    def count_refusal(self, transport: str, reason: str) -> None:
+        self.refused[(transport, reason)] += 1
 
     async def __call__(self, link: PeerLink) -> None:
         await self.handle_peer(link)
