@@ -422,7 +422,21 @@ def run_scale(n: int, window: float) -> dict[str, Any]:
         srv.ip("addr", "add", "198.18.1.1/30", "dev", b)
         cli.ip("link", "set", a, "up")
         srv.ip("link", "set", b, "up")
-        server = wsnic_server(srv, t, 1500, "--ping-interval", "1", "--ping-timeout", "10")
+        # All N clients come from one address at once: the per-address handshake cap
+        # (a defence against silent connections) would close most of them mid-handshake.
+        server = wsnic_server(
+            srv,
+            t,
+            1500,
+            "--ping-interval",
+            "1",
+            "--ping-timeout",
+            "10",
+            "--max-handshakes",
+            "0",
+            "--max-handshakes-per-ip",
+            "0",
+        )
         time.sleep(0.5)
         result["server_nofile_limit"] = server.nofile_limit()
         rss0 = server.rss_kib()
