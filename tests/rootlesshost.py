@@ -292,3 +292,17 @@ def helper_pid(proc: NsProcess) -> int:
     m = proc.log.find(r"in the namespace of helper pid (\d+)")
     assert m is not None, proc.log.text()
     return int(m.group(1))
+
+
+async def refused_at_start(server: NsProcess, timeout: float) -> list[str]:
+    """The log lines of a server that must refuse to start: it never says "ready" and
+    exits 2; returned are the lines that look like a problem (an error, a warning, a
+    traceback), which a refusal keeps to its one ``wsnic-trio: error:`` line."""
+    await server.log.wait_for(r"wsnic-trio: error: | ready: ", timeout=timeout)
+    assert not server.log.find(r"\bready\b"), server.log.text()
+    assert await server.wait() == 2, server.log.text()
+    return [
+        line
+        for line in server.log.lines
+        if re.search(r"error|ERROR|WARNING|Traceback|Exception", line)
+    ]
