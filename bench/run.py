@@ -98,8 +98,8 @@ def transport_missing(t: Transport) -> str | None:
     """Why this transport cannot be benchmarked with the tree as it is (None: it can)."""
     sys.path.insert(0, topology.CODE_PATH[0])
     try:
-        from transports import dialer_for
-        from wsnic_trio._cli import config_from_args
+        from wsnic_trio.cli.main import config_from_args
+        from wsnic_trio.transports import dialer_for
 
         config_from_args(t.server_args(t.port))
         dialer_for(t.url("127.0.0.1", t.port))

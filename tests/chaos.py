@@ -30,7 +30,7 @@ import wsproto
 import wsproto.events as ev
 import wsproto.utilities
 
-from transports.stream_protocol import StreamProtocol
+from wsnic_trio.transports.stream_protocol import StreamProtocol
 
 from . import packets as pk
 from .apihelp import Reply, api

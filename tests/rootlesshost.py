@@ -116,7 +116,7 @@ def make_runtime(dest: Path) -> Path:
         _copy_distributions(wanted - copied, site)
         copied |= wanted
         probe = subprocess.run(
-            [DEBIAN_PYTHON, "-c", "import wsnic_trio._cli, wsnic_trio._nshelper"],
+            [DEBIAN_PYTHON, "-c", "import wsnic_trio.cli.main, wsnic_trio.lan.helper"],
             env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
             cwd="/",
             capture_output=True,

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from transports.base import AdmissionRequest, FrameCheck
 from wsnic_trio import ConfigError, PeerProtocolError
-from wsnic_trio._admission import Admission, FailureLimiter, TokenStore, parse_origin_pattern
-from wsnic_trio._guard import ByteBucket, FramePolicy, SourceGuard
+from wsnic_trio.config.origins import parse_origin_pattern
+from wsnic_trio.core.admission import Admission, FailureLimiter, TokenStore
+from wsnic_trio.core.guard import ByteBucket, FramePolicy, SourceGuard
+from wsnic_trio.transports.base import AdmissionRequest, FrameCheck
 
 from . import packets as pk
 

@@ -10,15 +10,15 @@ import pytest
 import trio
 
 from wsnic_trio import ConfigError
-from wsnic_trio._cli import config_from_args, main
-from wsnic_trio._endpoints import (
+from wsnic_trio.cli.main import config_from_args, main
+from wsnic_trio.config.endpoints import (
     ApiEndpoint,
     ForwardSpec,
     check_remote,
     parse_api_endpoint,
     parse_forward,
 )
-from wsnic_trio._events import QUEUE_SIZE, EventBus
+from wsnic_trio.core.events import QUEUE_SIZE, EventBus
 
 LAN = ipaddress.IPv4Network("192.168.86.0/24")
 

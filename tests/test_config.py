@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 from wsnic_trio import Config, ConfigError
-from wsnic_trio._cli import (
+from wsnic_trio.cli.main import (
     _connect_options,
     build_connect_parser,
     build_parser,
     config_from_args,
     main,
 )
-from wsnic_trio._config import OPTIONS, load_config_file
-from wsnic_trio._ctl import build_ctl_parser
-from wsnic_trio._endpoints import parse_api_endpoint
+from wsnic_trio.config.endpoints import parse_api_endpoint
+from wsnic_trio.config.options import OPTIONS, load_config_file
+from wsnic_trio.control.ctl import build_ctl_parser
 
 
 def test_defaults_match_wsnic_habits() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from wsnic_trio._ctl import build_ctl_parser, table
+from wsnic_trio.control.ctl import build_ctl_parser, table
 
 from .apihelp import start_echo
 from .lanhost import add_client, require_tools

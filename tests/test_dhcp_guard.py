@@ -19,12 +19,12 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transports.base import FrameCheck, PeerLink
 from wsnic_trio import Config, PeerProtocolError
-from wsnic_trio._guard import FramePolicy, GatewayRules, SourceGuard
-from wsnic_trio._lan import LanBackend
-from wsnic_trio._relay import RelayStats
-from wsnic_trio._server import PeerInfo, Server
+from wsnic_trio.core.guard import FramePolicy, GatewayRules, SourceGuard
+from wsnic_trio.core.relay import RelayStats
+from wsnic_trio.core.server import PeerInfo, Server
+from wsnic_trio.lan.bridge import LanBackend
+from wsnic_trio.transports.base import FrameCheck, PeerLink
 
 from . import packets as pk
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from wsnic_trio._cli import config_from_args
-from wsnic_trio._config import Config
-from wsnic_trio._dnsmasq import (
+from wsnic_trio.cli.main import config_from_args
+from wsnic_trio.config.options import Config
+from wsnic_trio.errors import ConfigError, SetupError
+from wsnic_trio.host.dnsmasq import (
     DnsmasqPlan,
     _classify,
     describe_dns,
@@ -21,9 +22,8 @@ from wsnic_trio._dnsmasq import (
     reverse_zones,
     run_dir,
 )
-from wsnic_trio._exceptions import ConfigError, SetupError
-from wsnic_trio._procs import parse_proc_net
-from wsnic_trio._rootless import pasta_argv, slirp4netns_argv, uplink_dns
+from wsnic_trio.host.procs import parse_proc_net
+from wsnic_trio.lan.rootless import pasta_argv, slirp4netns_argv, uplink_dns
 
 IP = ipaddress.IPv4Address
 NET = ipaddress.IPv4Network

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from wsnic_trio._endpoints import make_forward
-from wsnic_trio._forward import Forward, ForwardError, ForwardManager
-from wsnic_trio._leases import LeaseTable
+from wsnic_trio.config.endpoints import make_forward
+from wsnic_trio.control.forward import Forward, ForwardError, ForwardManager
+from wsnic_trio.host.leases import LeaseTable
 
 MAC_A = "02:00:00:00:00:0a"
 MAC_B = "02:00:00:00:00:0b"

@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from wsnic_trio._guard import GatewayRules
+from wsnic_trio.core.guard import GatewayRules
 
 from . import packets as pk
 

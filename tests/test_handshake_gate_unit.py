@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from transports._listen import (
+from wsnic_trio.net.listen import (
     TOO_MANY_HANDSHAKES,
     TOO_MANY_HANDSHAKES_FROM_ADDRESS,
     HandshakeGate,

@@ -297,7 +297,7 @@ def test_soft_fd_limit_is_raised_to_the_hard_one() -> None:
     500; the server takes what the hard limit allows, and says when that is little."""
     code = (
         "import logging, resource; logging.basicConfig(level=logging.INFO); "
-        "from wsnic_trio._server import raise_fd_limit; raise_fd_limit(); "
+        "from wsnic_trio.cli.serve import raise_fd_limit; raise_fd_limit(); "
         "print(resource.getrlimit(resource.RLIMIT_NOFILE))"
     )
     raised = subprocess.run(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wsnic_trio._leases import LeaseTable
+from wsnic_trio.host.leases import LeaseTable
 
 LINE = "1738317741 52:54:00:12:34:56 192.168.86.23 alpine 01:52:54:00:12:34:56\n"
 

@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
-from wsnic_trio import _nat
-from wsnic_trio._exceptions import SetupError
-from wsnic_trio._nat import NatPlan, TableNote, build_ruleset, delete_script, table_name
+from wsnic_trio.errors import SetupError
+from wsnic_trio.host import nat as _nat
+from wsnic_trio.host.nat import NatPlan, TableNote, build_ruleset, delete_script, table_name
 
 NET = ipaddress.IPv4Network
 
@@ -133,6 +133,6 @@ def test_host_input_is_filtered_in_both_families_in_both_modes() -> None:
 
 def test_no_nft_is_an_error_for_every_lan(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without nft the LAN could not be isolated, -i or not: the server must not run."""
-    monkeypatch.setattr("wsnic_trio._nat.shutil.which", lambda name: None)
+    monkeypatch.setattr("wsnic_trio.host.nat.shutil.which", lambda name: None)
     with pytest.raises(SetupError, match=r"needs nftables' nft command for the LAN's host filter"):
         _nat.check_nft()

@@ -16,12 +16,12 @@ import pytest
 import trio
 import trio_websocket
 
-from transports._netaddr import Address, all_failed, bind_all_addresses, interleave
-from transports.base import AdmissionRequest, FrameCheck, Liveness, PeerLink, Rejection
-from transports.qemu_stream import QemuConnectTransport, dial_qemu_stream, parse_endpoint
-from transports.websocket import dial_websocket
-from wsnic_trio._config import Config
-from wsnic_trio._exceptions import SetupError
+from wsnic_trio.config.options import Config
+from wsnic_trio.errors import SetupError
+from wsnic_trio.net.addresses import Address, all_failed, bind_all_addresses, interleave
+from wsnic_trio.transports.base import AdmissionRequest, FrameCheck, Liveness, PeerLink, Rejection
+from wsnic_trio.transports.qemu_stream import QemuConnectTransport, dial_qemu_stream, parse_endpoint
+from wsnic_trio.transports.websocket import dial_websocket
 
 from . import packets as pk
 from .netns import NetNS, NsFactory, NsProcess, debian_hosts, hosts_lookup, wait_taps

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import trio
 
-from wsnic_trio._pcap import Capture
+from wsnic_trio.control.pcap import Capture
 
 from .apihelp import api, require_curl
 from .conftest import require

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from wsnic_trio import _pcap
-from wsnic_trio._pcap import (
+from wsnic_trio.control import pcap as _pcap
+from wsnic_trio.control.pcap import (
     Capture,
     PcapBudget,
     PcapManager,
@@ -19,8 +19,8 @@ from wsnic_trio._pcap import (
     disk_nearly_full,
     pcap_header,
 )
-from wsnic_trio._relay import RelayStats
-from wsnic_trio._server import PeerInfo
+from wsnic_trio.core.relay import RelayStats
+from wsnic_trio.core.server import PeerInfo
 
 GiB = 1 << 30
 

@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from wsnic_trio import _pcap
-from wsnic_trio._pcap import Capture
+from wsnic_trio.control import pcap as _pcap
+from wsnic_trio.control.pcap import Capture
 
 FRAME = bytes.fromhex("ffffffffffff020000000001") + b"\x88\xb5" + bytes(50)
 

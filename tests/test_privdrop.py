@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from wsnic_trio._privsep import caps_of
+from wsnic_trio.lan.privsep import caps_of
 
 from .conftest import require
 from .lanhost import (

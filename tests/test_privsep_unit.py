@@ -14,24 +14,24 @@ from pathlib import Path
 import pytest
 import trio
 
-from wsnic_trio import _privsep
-from wsnic_trio._config import Config
-from wsnic_trio._exceptions import ConfigError
-from wsnic_trio._nsproto import (
+from wsnic_trio.config.options import Config
+from wsnic_trio.errors import ConfigError
+from wsnic_trio.lan import privsep as _privsep
+from wsnic_trio.lan.nsproto import (
     MAX_MESSAGE,
     Reply,
     Request,
     decode_reply,
     encode_request,
 )
-from wsnic_trio._privsep import (
+from wsnic_trio.lan.privsep import (
     _answer_taps,
     _session,
     caps_of,
     resolve_account,
     unreadable_files,
 )
-from wsnic_trio._rootless import _fds_of
+from wsnic_trio.lan.rootless import _fds_of
 
 
 def _nobody() -> pwd.struct_passwd:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from transports import dialer_for
 from wsnic_trio import ConfigError
-from wsnic_trio._cli import config_from_args, main
+from wsnic_trio.cli.main import config_from_args, main
+from wsnic_trio.transports import dialer_for
 
 from . import packets as pk
 from .netns import NetNS, NsFactory

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from wsnic_trio._procs import describe_process
+from wsnic_trio.host.procs import describe_process
 
 from .apihelp import api, require_curl, start_echo
 from .conftest import require

@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from wsnic_trio import Config, ConfigError, _nshelper, _rootless
-from wsnic_trio._cli import config_from_args
-from wsnic_trio._exceptions import SetupError, WsnicError
-from wsnic_trio._nat import NatPlan, TableNote, build_ruleset
-from wsnic_trio._nshelper import Helper, connect
-from wsnic_trio._nsproto import (
+from wsnic_trio import Config, ConfigError
+from wsnic_trio.cli.main import config_from_args
+from wsnic_trio.errors import SetupError, WsnicError
+from wsnic_trio.host.nat import NatPlan, TableNote, build_ruleset
+from wsnic_trio.lan import nshelper as _nshelper
+from wsnic_trio.lan import rootless as _rootless
+from wsnic_trio.lan.nshelper import Helper, connect
+from wsnic_trio.lan.nsproto import (
     MAX_MESSAGE,
     HelperProtocolError,
     Reply,
@@ -33,7 +35,7 @@ from wsnic_trio._nsproto import (
     encode_reply,
     encode_request,
 )
-from wsnic_trio._rootless import (
+from wsnic_trio.lan.rootless import (
     SLIRP_HOST,
     RootlessLan,
     choose_rootless,

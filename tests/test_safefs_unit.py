@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from wsnic_trio._safefs import (
+from wsnic_trio.util.safefs import (
     UnsafePathError,
     create_new_file,
     open_directory,

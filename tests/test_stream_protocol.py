@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transports.stream_protocol import HEADER, StreamFramingError, StreamProtocol
+from wsnic_trio.transports.stream_protocol import HEADER, StreamFramingError, StreamProtocol
 
 LIMIT = 1518
 

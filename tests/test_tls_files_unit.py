@@ -8,8 +8,8 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
 
-from transports._tlsio import TlsContext
-from wsnic_trio._exceptions import SetupError
+from wsnic_trio.errors import SetupError
+from wsnic_trio.transports._tlsio import TlsContext
 
 from .test_security import write_cert
 

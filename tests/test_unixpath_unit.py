@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-import transports._unixpath as unixpath
-from transports._unixpath import bind_unix
-from wsnic_trio._exceptions import SetupError
-from wsnic_trio._privsep import _remove_sockets, socket_files
+import wsnic_trio.net.unixpath as unixpath
+from wsnic_trio.errors import SetupError
+from wsnic_trio.lan.privsep import _remove_sockets, socket_files
+from wsnic_trio.net.unixpath import bind_unix
 
 OTHER = 65534
 

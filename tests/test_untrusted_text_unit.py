@@ -8,11 +8,11 @@ import socket
 
 import pytest
 
-from transports.base import printable
-from transports.dgram import _name
-from transports.uml_bess import _remote
-from wsnic_trio._connect import shown_url
-from wsnic_trio._ctl import show_clients, table
+from wsnic_trio.cli.connect import shown_url
+from wsnic_trio.control.ctl import show_clients, table
+from wsnic_trio.transports.dgram import _name
+from wsnic_trio.transports.uml_bess import _remote
+from wsnic_trio.util.text import printable
 
 #: A path a hostile VM could bind: a forged log line, and a terminal escape.
 HOSTILE = "vm\n2025-01-01 wsnic-trio[1] INFO client 9 connected: ws \x1b[2Jx\u202e"

@@ -10,7 +10,7 @@ import wsproto.events as ev
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transports.websocket_frames import (
+from wsnic_trio.transports.websocket_frames import (
     CloseCode,
     FrameCodec,
     FrameError,

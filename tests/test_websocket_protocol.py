@@ -9,9 +9,9 @@ import wsproto.events as ev
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transports.base import FrameCheck
-from transports.websocket import choose_subprotocol
-from transports.websocket_protocol import Phase, WebSocketProtocol
+from wsnic_trio.transports.base import FrameCheck
+from wsnic_trio.transports.websocket import choose_subprotocol
+from wsnic_trio.transports.websocket_protocol import Phase, WebSocketProtocol
 
 CHECK = FrameCheck(max_frame=1518)
 FRAME = bytes(range(14)) + b"payload" * 10

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 import trio
 
-from transports.stream_protocol import StreamProtocol
+from wsnic_trio.transports.stream_protocol import StreamProtocol
 
 from . import packets as pk
 from .netns import taps as taps

@@ -12,14 +12,14 @@ from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from .base import FrameCheck as FrameCheck
-from .base import Liveness as Liveness
-from .base import PeerHandler as PeerHandler
-from .base import PeerLink as PeerLink
-from .base import Transport as Transport
+from wsnic_trio.transports.base import FrameCheck as FrameCheck
+from wsnic_trio.transports.base import Liveness as Liveness
+from wsnic_trio.transports.base import PeerHandler as PeerHandler
+from wsnic_trio.transports.base import PeerLink as PeerLink
+from wsnic_trio.transports.base import Transport as Transport
 
 if TYPE_CHECKING:
-    from wsnic_trio._config import Config
+    from wsnic_trio.config.options import Config
 
 __all__ = [
     "FrameCheck",
@@ -31,14 +31,17 @@ __all__ = [
     "load_transports",
 ]
 
+if __name__ != "wsnic_trio.transports":  # a bare checkout also has ./transports on sys.path
+    raise ImportError(f"import the transports as wsnic_trio.transports, not as {__name__}")
+
 ENTRY_POINT_GROUP = "wsnic_trio.transports"
 
 
 def _builtin() -> dict[str, Callable[[Config], list[Any]]]:
-    from .dgram import DgramTransport
-    from .qemu_stream import QemuStreamTransport
-    from .uml_bess import BessTransport
-    from .websocket import WebSocketTransport
+    from wsnic_trio.transports.dgram import DgramTransport
+    from wsnic_trio.transports.qemu_stream import QemuStreamTransport
+    from wsnic_trio.transports.uml_bess import BessTransport
+    from wsnic_trio.transports.websocket import WebSocketTransport
 
     return {
         "ws": WebSocketTransport.from_config,

@@ -20,9 +20,8 @@ import socket
 
 import trio
 
-from wsnic_trio._exceptions import PeerClosed, PeerTimeout
-
-from .base import Liveness, Rejection
+from wsnic_trio.errors import PeerClosed, PeerTimeout
+from wsnic_trio.transports.base import Liveness, Rejection
 
 __all__ = ["PacketLink"]
 

@@ -14,8 +14,8 @@ import socket
 
 import trio
 
-from wsnic_trio._exceptions import PeerTimeout
-from wsnic_trio._fairness import Fairness
+from wsnic_trio.errors import PeerTimeout
+from wsnic_trio.util.fairness import Fairness
 
 __all__ = ["SocketIO"]
 

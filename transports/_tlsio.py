@@ -14,9 +14,8 @@ import socket
 import ssl
 from pathlib import Path
 
-from wsnic_trio._exceptions import PeerClosed, SetupError
-
-from ._sockio import RECV_SIZE, SocketIO
+from wsnic_trio.errors import PeerClosed, SetupError
+from wsnic_trio.transports._sockio import RECV_SIZE, SocketIO
 
 __all__ = ["TlsContext", "TlsSocketIO"]
 

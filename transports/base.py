@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import ipaddress
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
 
+from wsnic_trio.net.addresses import normalize_ip as normalize_ip
+from wsnic_trio.net.addresses import peer_address as peer_address
+from wsnic_trio.util.text import printable as printable
+
 if TYPE_CHECKING:
-    from wsnic_trio._config import Config
+    from wsnic_trio.config.options import Config
 
 __all__ = [
     "ETH_HEADER",
@@ -62,63 +65,6 @@ class Liveness:
 
     ping_interval: float | None = None
     timeout: float | None = None
-
-
-def normalize_ip(host: str) -> str:
-    """One spelling per address: IPv4-mapped IPv6 (``::ffff:1.2.3.4``, as a dual-stack
-    listener reports IPv4 clients) becomes ``1.2.3.4``; IPv6 is compressed; a scope id
-    stays. Limits, logs and the API all key clients by this form."""
-    addr, pct, scope = host.partition("%")
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip) + pct + scope
-
-
-def peer_address(addr: object) -> tuple[str, str | None]:
-    """``(remote, remote_ip)`` of a socket peer address: ``1.2.3.4:5678`` or
-    ``[2001:db8::1]:5678`` and the bare normalized IP; for anything that is not an
-    (host, port, ...) tuple (unix sockets), ``(str(addr), None)``."""
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        ip = normalize_ip(str(addr[0]))
-        host = f"[{ip}]" if ":" in ip else ip
-        return f"{host}:{addr[1]}", ip
-    return str(addr), None
-
-
-def _shown(char: str, backslash: bool) -> str:
-    if char == "\\":
-        return "\\\\" if backslash else char
-    return char if char.isprintable() else _escape(char)
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-        return f"\\x{code - 0xDC00:02x}"
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def printable(text: str, limit: int = 200, *, backslash: bool = True) -> str:
-    """``text`` as it may go into a log line, an API answer or a table cell.
-
-    Peers choose their socket names and their Origin header: a newline in one would
-    forge a log line, an escape sequence would drive the operator's terminal. Control
-    and other invisible characters become ``\\xNN`` / ``\\uNNNN`` (bytes that were not
-    UTF-8, decoded with ``surrogateescape``, show as the byte), a backslash is doubled
-    so the result is unambiguous (``backslash=False`` leaves it, for text that was
-    escaped already), and anything over ``limit`` characters is cut.
-    """
-    if len(text) > limit:
-        return printable(text[:limit], limit, backslash=backslash) + "..."
-    if text.isprintable() and not (backslash and "\\" in text):
-        return text
-    return "".join(_shown(c, backslash) for c in text)
 
 
 @runtime_checkable

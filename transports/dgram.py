@@ -40,15 +40,22 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from wsnic_trio._exceptions import PeerClosed, SetupError
-
-from ._listen import bind_all, serve_link
-from ._packetio import PacketLink
-from ._unixpath import UnixPath, bind_unix
-from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler, Rejection, printable
+from wsnic_trio.errors import PeerClosed, SetupError
+from wsnic_trio.net.listen import bind_all
+from wsnic_trio.net.unixpath import UnixPath, bind_unix
+from wsnic_trio.transports._listen import serve_link
+from wsnic_trio.transports._packetio import PacketLink
+from wsnic_trio.transports.base import (
+    AdmissionRequest,
+    FrameCheck,
+    Liveness,
+    PeerHandler,
+    Rejection,
+    printable,
+)
 
 if TYPE_CHECKING:
-    from wsnic_trio._config import Config
+    from wsnic_trio.config.options import Config
 
 __all__ = ["VFKIT_HANDSHAKE", "DgramLink", "DgramTransport", "dial_dgram"]
 

@@ -26,15 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from wsnic_trio._endpoints import Endpoint
-from wsnic_trio._endpoints import parse_endpoint as _parse_endpoint
-from wsnic_trio._exceptions import PeerClosed, PeerProtocolError, PeerTimeout
-
-from ._listen import accept_forever, bind_all, serve_link
-from ._netaddr import bind_all_addresses, connect_any
-from ._sockio import SocketIO
-from ._unixpath import UnixPath, bind_unix
-from .base import (
+from wsnic_trio.config.endpoints import Endpoint, parse_qemu_endpoint
+from wsnic_trio.errors import PeerClosed, PeerProtocolError, PeerTimeout
+from wsnic_trio.net.addresses import bind_all_addresses, connect_any
+from wsnic_trio.net.listen import accept_forever, bind_all
+from wsnic_trio.net.unixpath import UnixPath, bind_unix
+from wsnic_trio.transports._listen import serve_link
+from wsnic_trio.transports._sockio import SocketIO
+from wsnic_trio.transports.base import (
     AdmissionRequest,
     FrameCheck,
     Liveness,
@@ -42,10 +41,10 @@ from .base import (
     Rejection,
     peer_address,
 )
-from .stream_protocol import StreamFramingError, StreamProtocol
+from wsnic_trio.transports.stream_protocol import StreamFramingError, StreamProtocol
 
 if TYPE_CHECKING:
-    from wsnic_trio._config import Config
+    from wsnic_trio.config.options import Config
 
 __all__ = [
     "Endpoint",
@@ -62,12 +61,8 @@ _REDIAL_MIN = 0.5
 _REDIAL_MAX = 5.0
 
 
-def parse_endpoint(text: str) -> Endpoint:
-    """``unix:PATH`` / ``tcp:HOST:PORT`` for ``--qemu`` and ``--qemu-connect``."""
-    endpoint = _parse_endpoint(text, "QEMU address", allow_name=True)
-    if endpoint.kind == "tcp" and endpoint.port == 0:
-        raise ValueError(f"{text!r}: QEMU needs a fixed port, not 0")
-    return endpoint
+#: ``unix:PATH`` / ``tcp:HOST:PORT``: the syntax lives with the settings that read it.
+parse_endpoint = parse_qemu_endpoint
 
 
 def _stream_options(sock: socket.socket) -> None:

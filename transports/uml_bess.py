@@ -18,15 +18,21 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from wsnic_trio._exceptions import SetupError
-
-from ._listen import accept_forever, bind_all, serve_link
-from ._packetio import PacketLink
-from ._unixpath import bind_unix
-from .base import AdmissionRequest, FrameCheck, Liveness, PeerHandler, printable
+from wsnic_trio.errors import SetupError
+from wsnic_trio.net.listen import accept_forever, bind_all
+from wsnic_trio.net.unixpath import bind_unix
+from wsnic_trio.transports._listen import serve_link
+from wsnic_trio.transports._packetio import PacketLink
+from wsnic_trio.transports.base import (
+    AdmissionRequest,
+    FrameCheck,
+    Liveness,
+    PeerHandler,
+    printable,
+)
 
 if TYPE_CHECKING:
-    from wsnic_trio._config import Config
+    from wsnic_trio.config.options import Config
 
 __all__ = ["BessTransport", "dial_bess"]
 

@@ -19,19 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from wsnic_trio._exceptions import (
+from wsnic_trio.errors import (
     PeerClosed,
     PeerError,
     PeerProtocolError,
     PeerTimeout,
     SetupError,
 )
-
-from ._listen import HandshakeGate, accept_forever
-from ._netaddr import bind_all_addresses, connect_any
-from ._sockio import SocketIO, is_disconnect
-from ._tlsio import TlsContext, TlsSocketIO
-from .base import (
+from wsnic_trio.net.addresses import bind_all_addresses, connect_any
+from wsnic_trio.net.listen import HandshakeGate, accept_forever
+from wsnic_trio.transports._sockio import SocketIO, is_disconnect
+from wsnic_trio.transports._tlsio import TlsContext, TlsSocketIO
+from wsnic_trio.transports.base import (
     AdmissionRequest,
     FrameCheck,
     Liveness,
@@ -40,10 +39,16 @@ from .base import (
     peer_address,
     printable,
 )
-from .websocket_protocol import PLAIN_PAGE, TLS_PAGE, HandshakeRequest, Phase, WebSocketProtocol
+from wsnic_trio.transports.websocket_protocol import (
+    PLAIN_PAGE,
+    TLS_PAGE,
+    HandshakeRequest,
+    Phase,
+    WebSocketProtocol,
+)
 
 if TYPE_CHECKING:
-    from wsnic_trio._config import Config
+    from wsnic_trio.config.options import Config
 
 __all__ = [
     "WebSocketLink",

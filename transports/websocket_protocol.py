@@ -14,9 +14,14 @@ import collections
 import dataclasses
 import enum
 
-from .base import ETH_HEADER, FrameCheck
-from .websocket_frames import CloseCode, FrameCodec, FrameError
-from .websocket_handshake import ClientHandshake, HandshakeError, HandshakeRequest, ServerHandshake
+from wsnic_trio.transports.base import ETH_HEADER, FrameCheck
+from wsnic_trio.transports.websocket_frames import CloseCode, FrameCodec, FrameError
+from wsnic_trio.transports.websocket_handshake import (
+    ClientHandshake,
+    HandshakeError,
+    HandshakeRequest,
+    ServerHandshake,
+)
 
 __all__ = ["CloseInfo", "HandshakeRequest", "Phase", "WebSocketProtocol"]
 

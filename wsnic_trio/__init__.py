@@ -4,14 +4,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._config import Config as Config
-from ._exceptions import ConfigError as ConfigError
-from ._exceptions import PeerClosed as PeerClosed
-from ._exceptions import PeerError as PeerError
-from ._exceptions import PeerProtocolError as PeerProtocolError
-from ._exceptions import PeerTimeout as PeerTimeout
-from ._exceptions import SetupError as SetupError
-from ._exceptions import WsnicError as WsnicError
+from .config.options import Config as Config
+from .errors import ConfigError as ConfigError
+from .errors import PeerClosed as PeerClosed
+from .errors import PeerError as PeerError
+from .errors import PeerProtocolError as PeerProtocolError
+from .errors import PeerTimeout as PeerTimeout
+from .errors import SetupError as SetupError
+from .errors import WsnicError as WsnicError
 
 __all__ = [
     "Config",

@@ -1,5 +1,5 @@
 import sys
 
-from ._cli import main
+from wsnic_trio.cli.main import main
 
 sys.exit(main())

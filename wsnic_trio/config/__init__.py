@@ -1,0 +1,1 @@
+"""The settings model: options table, config file, endpoint syntaxes."""

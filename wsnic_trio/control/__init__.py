@@ -1,0 +1,1 @@
+"""The control API (HTTP over h11), its client ctl, metrics, packet capture, forwards."""

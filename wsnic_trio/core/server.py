@@ -1,0 +1,399 @@
+"""The server: one nursery that owns the LAN, every listener and every peer.
+
+Start-up order is explicit and each step is reversible: options that name paths are
+checked first (:mod:`wsnic_trio._preflight`), then listeners are bound (a taken port
+fails before the host is touched; token files and the TLS certificate are read), then
+the bridge is created, then the listeners start accepting. Each peer runs in its own
+nursery inside its listener's task; whatever ends a peer ends that peer alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import functools
+import itertools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import trio
+from pyroute2.netlink.exceptions import NetlinkError
+
+from wsnic_trio.config.options import Config
+from wsnic_trio.core.admission import Admission, TokenStore
+from wsnic_trio.core.events import EventBus
+from wsnic_trio.core.guard import FramePolicy, GatewayRules, SourceGuard, refuse_mac
+from wsnic_trio.core.relay import RelayStats, relay
+from wsnic_trio.core.stats import Totals, mac_text
+from wsnic_trio.errors import ConfigError, PeerClosed, PeerError, SetupError
+from wsnic_trio.host.dnsmasq import lease_file_path
+from wsnic_trio.host.leases import LeaseTable
+from wsnic_trio.host.tap import TapDevice
+from wsnic_trio.lan.bridge import BRIDGE_MAC, LanBackend
+from wsnic_trio.transports.base import AdmissionRequest, FrameCheck, PeerLink, Rejection, Transport
+
+__all__ = ["CaptureHook", "PeerInfo", "Server"]
+
+log = logging.getLogger("wsnic_trio.server")
+
+#: The most open files the server asks for (clients, their TAPs, listeners, helpers).
+
+#: The ``reason`` label of ``wsnic_refused_total`` for each admission answer.
+_REFUSAL_KINDS = {401: "auth", 403: "auth", 429: "login-brake", 503: "limit"}
+
+
+class CaptureHook(Protocol):
+    """What the server needs of packet capture (:class:`~wsnic_trio.control.pcap.PcapManager`):
+    start one for a peer that joins when every peer is captured, stop it when it leaves."""
+
+    @property
+    def capture_all(self) -> bool: ...
+
+    def start(self, info: PeerInfo) -> object: ...
+
+    def stop(self, peer_id: int) -> object: ...
+
+
+@dataclasses.dataclass
+class PeerInfo:
+    """A connected peer as the outside world sees it (log lines, later the control API)."""
+
+    id: int
+    transport: str
+    remote: str
+    remote_ip: str | None
+    tap: str
+    stats: RelayStats
+    cancel_scope: trio.CancelScope
+    #: Set when a newer connection with the same MAC ended this one.
+    replaced_by: int | None = None
+    #: The browser page's origin (WebSocket ``Origin`` header, escaped); None without one.
+    origin: str | None = None
+    #: Why the control API disconnected this peer (``kick``).
+    kicked: str | None = None
+    #: What the transport itself dropped (counted there, shown by the API).
+    link_drops: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    #: Set once the peer is gone (its TAP removed).
+    gone: trio.Event = dataclasses.field(default_factory=trio.Event)
+
+    @property
+    def mac(self) -> bytes | None:
+        return self.stats.mac
+
+
+class Server:
+    """Runs peers on one LAN; ``peers`` is the live registry."""
+
+    def __init__(
+        self,
+        config: Config,
+        lan: LanBackend,
+        transports: Sequence[Transport],
+        tokens: TokenStore | None = None,
+    ) -> None:
+        self.config = config
+        self.lan = lan
+        self.transports = list(transports)
+        self.check = FrameCheck(config.max_frame)
+        self.peers: dict[int, PeerInfo] = {}
+        self._ids = itertools.count(1)
+        self.tokens = tokens or TokenStore(None)
+        self.admission = Admission(
+            self.tokens,
+            max_clients=config.max_clients,
+            max_clients_per_ip=config.max_clients_per_ip,
+            origins=config.allow_origin,
+        )
+        self.bridge_mac = bytes.fromhex(BRIDGE_MAC.replace(":", ""))
+        #: What no client may send (gateway impersonation, rogue DHCP, IPv6 RAs).
+        self.rules = GatewayRules(self.bridge_mac, config.bridge_address.packed)
+        #: Which connected peer owns which MAC (its first source MAC, for every peer).
+        self.mac_owners: dict[bytes, int] = {}
+        #: dnsmasq's leases, when the server runs DHCP.
+        self.leases: LeaseTable | None = None
+        if not config.disable_dhcp:
+            self.leases = LeaseTable(lease_file_path(config))
+        # -- what the control API shows (docs/api.md) --
+        self.started_at = time.time()
+        #: Per transport: connections since start, and the traffic of peers that left.
+        self.totals: dict[str, Totals] = {}
+        self.events = EventBus()
+        #: Would-be peers turned away (in or after their handshake), by (transport, why).
+        self.refused: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.dnsmasq_restarts = 0
+        #: Packet capture, when the control layer runs it (``--pcap``).
+        self.capture: CaptureHook | None = None
+
+    def kick(self, peer_id: int, reason: str = "kicked by the API") -> bool:
+        """Disconnect a peer (its TAP goes with it); False when there is no such peer."""
+        info = self.peers.get(peer_id)
+        if info is None:
+            return False
+        info.kicked = reason
+        info.cancel_scope.cancel()
+        return True
+
+    def _mac_seen(self, info: PeerInfo, mac: bytes) -> None:
+        log.info("client %d uses MAC %s (%s on %s)", info.id, mac.hex(":"), info.remote, info.tap)
+        self.events.publish("client-mac", id=info.id, tap=info.tap, mac=mac.hex(":"))
+
+    def count_dnsmasq_restart(self) -> None:
+        self.dnsmasq_restarts += 1
+
+    # -- what transports call ---------------------------------------------------------
+
+    def admit(self, request: AdmissionRequest) -> Rejection | None:
+        rejection = self.admission.check(request)
+        if rejection is not None:
+            kind = rejection.kind or _REFUSAL_KINDS.get(rejection.http_status, "other")
+            self.refused[(request.transport, kind)] += 1
+        return rejection
+
+    def admission_delay(self, request: AdmissionRequest) -> float:
+        return self.admission.login_delay(request)
+
+    def count_refusal(self, transport: str, reason: str) -> None:
+        self.refused[(transport, reason)] += 1
+
+    async def __call__(self, link: PeerLink) -> None:
+        await self.handle_peer(link)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read tokens and certificates; a bad file keeps the old one."""
+        if self.tokens.enabled:
+            try:
+                log.info("reloaded %d tokens from %s", self.tokens.load(), self.tokens.path)
+            except ConfigError as exc:
+                log.error("token reload failed, keeping the old tokens: %s", exc)
+        for transport in self.transports:
+            reload = getattr(transport, "reload", None)
+            if reload is not None:
+                try:
+                    reload()
+                except SetupError as exc:
+                    log.error("certificate reload failed, keeping the old one: %s", exc)
+
+    # -- per peer -----------------------------------------------------------------------
+
+    def _policy(self, peer_id: int, link: PeerLink, stats: RelayStats) -> FramePolicy:
+        lock = self.config.lock_mac == "all" or (
+            self.config.lock_mac == "ws" and link.transport in ("ws", "wss")
+        )
+
+        def claim(mac: bytes) -> None:
+            self._claim_mac(peer_id, link, mac)
+
+        guard = None
+        if lock or self.config.lock_ip:
+            guard = SourceGuard(
+                self.bridge_mac,
+                claim=claim,
+                leased_ip=self.leased_ip if self.config.lock_ip else None,
+            )
+        return FramePolicy(
+            self.check,
+            stats.drops,
+            guard,
+            self.config.rate_limit,
+            self.rules,
+            broadcast_limit=self.config.broadcast_limit,
+            # An unlocked peer (a VM) may send from other MACs too, but its first MAC is
+            # recorded all the same: nobody else may take it over.
+            claim=claim if guard is None else None,
+        )
+
+    def leased_ip(self, mac: bytes) -> bytes | None:
+        """The IPv4 address dnsmasq leased to ``mac`` (None: no lease known)."""
+        return self.leases.ip_of(mac) if self.leases is not None else None
+
+    def _claim_mac(self, peer_id: int, link: PeerLink, mac: bytes) -> None:
+        """A peer's first frame names its MAC; resolve a clash with a connected peer.
+
+        Every peer's first MAC is recorded, locked or not, whatever its transport: the
+        bridge delivers a MAC's frames to the port that last sent from it, so a second
+        peer sending from it would take the first one's traffic.
+
+        A newcomer from the same address over the same transport takes the MAC over
+        and the old connection is closed: that is v86 reconnecting after a network
+        drop, before the server has noticed the old connection is dead. Otherwise it
+        is refused, also from the same host: a web page in a browser there can reach
+        the WebSocket listener, and must not take the MAC of a VM on a local socket.
+        """
+        owner_id = self.mac_owners.get(mac)
+        owner = self.peers.get(owner_id) if owner_id is not None else None
+        if owner is not None and owner_id != peer_id:
+            if owner.remote_ip != link.remote_ip or owner.transport != link.transport:
+                raise refuse_mac(mac, f"client {owner_id}")
+            log.info(
+                "client %d takes over MAC %s from client %d (same address: a reconnect)",
+                peer_id,
+                mac.hex(":"),
+                owner_id,
+            )
+            owner.replaced_by = peer_id
+            owner.cancel_scope.cancel()
+        self.mac_owners[mac] = peer_id
+
+    async def handle_peer(self, link: PeerLink) -> None:
+        """Serve one peer until it ends; never raises anything but Cancelled."""
+        ip = link.remote_ip
+        # Limits again, now synchronously with joining (the handshake-time check can race).
+        rejection = self.admission.check(AdmissionRequest(link.transport, ip), authenticate=False)
+        if rejection is not None:
+            await self._refuse(link, rejection, "limit")
+            return
+        self.admission.join(ip)
+        try:
+            await self._serve_admitted(link)
+        finally:
+            self.admission.leave(ip)
+
+    async def _refuse(self, link: PeerLink, rejection: Rejection, kind: str) -> None:
+        log.warning("%s %s refused: %s", link.transport, link.remote, rejection.reason)
+        self.refused[(link.transport, kind)] += 1
+        self.events.publish(
+            "client-refused", transport=link.transport, remote=link.remote, reason=rejection.reason
+        )
+        await link.refuse(rejection)
+
+    async def _open_tap_or_refuse(
+        self, stack: contextlib.AsyncExitStack, link: PeerLink
+    ) -> TapDevice | None:
+        """The peer's TAP, attached and forwarding; None when the peer was refused.
+
+        Not getting one (a full bridge, no fds, no memory) is this peer's bad luck, not
+        the server's failure: the peer hears why, the log gets one line.
+        """
+        try:
+            return await stack.enter_async_context(self.lan.open_tap())
+        except (SetupError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, SetupError) else _describe(exc)
+        except NetlinkError as exc:
+            reason = f"netlink: {os.strerror(exc.code)}"
+        except Exception:
+            log.exception("%s %s: making its TAP failed", link.transport, link.remote)
+            reason = "server error while making the TAP"
+        await self._refuse(link, Rejection(503, reason, 1013), "no-tap")
+        return None
+
+    async def _serve_admitted(self, link: PeerLink) -> None:
+        peer_id = next(self._ids)
+        stats = RelayStats()
+        reason: BaseException | None = None
+        policy = self._policy(peer_id, link, stats)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                tap = await self._open_tap_or_refuse(stack, link)
+                if tap is None:
+                    return
+                with trio.CancelScope() as scope:
+                    info = PeerInfo(
+                        peer_id, link.transport, link.remote, link.remote_ip, tap.name, stats, scope
+                    )
+                    info.link_drops = link.drops
+                    # Only WebSocket links have an Origin (a browser's page); not in PeerLink.
+                    info.origin = getattr(link, "origin", None)
+                    self.peers[peer_id] = info
+                    self.totals.setdefault(link.transport, Totals()).connections += 1
+                    stats.on_mac = functools.partial(self._mac_seen, info)
+                    if self.capture is not None and self.capture.capture_all:
+                        self.capture.start(info)
+                    log.info(
+                        "client %d connected: %s %s on %s%s",
+                        peer_id,
+                        link.transport,
+                        link.remote,
+                        tap.name,
+                        _origin_text(link),
+                    )
+                    self.events.publish(
+                        "client-connected",
+                        id=peer_id,
+                        transport=link.transport,
+                        remote=link.remote,
+                        tap=tap.name,
+                    )
+                    try:
+                        # Only now is the peer told it joined: its TAP forwards.
+                        await link.accept()
+                        await relay(link, tap, policy, stats)
+                    except* PeerClosed as group:
+                        reason = group.exceptions[0]
+                    except* PeerError as group:
+                        reason = group.exceptions[0]
+                    except* OSError as group:
+                        reason = group.exceptions[0]
+                if scope.cancelled_caught and reason is None:
+                    if info.kicked is not None:
+                        reason = PeerClosed(info.kicked)
+                    elif info.replaced_by is not None:
+                        reason = PeerClosed(
+                            f"replaced by client {info.replaced_by} with the same MAC"
+                        )
+                    else:
+                        reason = PeerClosed("disconnected by the server")
+                queue_drops = tap.kernel_drops()
+                if queue_drops:
+                    stats.drops["peer-too-slow"] += queue_drops
+        except* Exception as group:
+            # A failure that is not this peer's fault (e.g. no TAP could be made): log it
+            # for the operator, end this peer, keep serving the others.
+            reason = group.exceptions[0]
+            log.error(
+                "client %d (%s %s) failed: %s",
+                peer_id,
+                link.transport,
+                link.remote,
+                reason,
+                exc_info=not isinstance(reason, PeerError | OSError),
+            )
+        finally:
+            mac = policy.mac
+            if mac is not None and self.mac_owners.get(mac) == peer_id:
+                del self.mac_owners[mac]
+            info_gone = self.peers.pop(peer_id, None)
+            stats.drops.update(link.drops)
+            if stats.capture is not None and self.capture is not None:
+                self.capture.stop(peer_id)
+            if info_gone is not None:
+                info_gone.gone.set()
+                self.totals.setdefault(link.transport, Totals()).add(stats)
+                log.info(
+                    "client %d disconnected (%s): %s %s on %s, MAC %s: %s",
+                    peer_id,
+                    _describe(reason),
+                    link.transport,
+                    link.remote,
+                    info_gone.tap,
+                    mac_text(stats.mac) or "none seen",
+                    stats.summary(),
+                )
+                self.events.publish(
+                    "client-disconnected",
+                    id=peer_id,
+                    transport=link.transport,
+                    remote=link.remote,
+                    tap=info_gone.tap,
+                    mac=mac_text(stats.mac),
+                    reason=_describe(reason),
+                )
+            await link.aclose(reason)
+
+
+def _origin_text(link: PeerLink) -> str:
+    """For the connect line: which page a browser client came from (no Origin: a program)."""
+    if not hasattr(link, "origin"):  # not a WebSocket link
+        return ""
+    return f", origin {link.origin}" if link.origin is not None else ", no Origin header"
+
+
+def _describe(reason: BaseException | None) -> str:
+    if reason is None:
+        return "server stopping"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return str(reason) or type(reason).__name__

@@ -1,0 +1,1 @@
+"""What touches the host: netlink, TAPs, nftables, dnsmasq, sysctls, /proc."""

@@ -1,0 +1,1 @@
+"""The LAN backends: the root bridge, the rootless helper, the --user split."""
