@@ -81,8 +81,8 @@ def test_options() -> None:
             "127.0.0.1:3=g:4",
         ]
     )
-    assert cfg.api == (ApiEndpoint("unix", path="/tmp/a.sock"),)
-    assert [f.protocol for f in cfg.forward] == ["udp", "tcp"]
+    assert cfg.server.api == (ApiEndpoint("unix", path="/tmp/a.sock"),)
+    assert [f.protocol for f in cfg.lan.forward] == ["udp", "tcp"]
     with pytest.raises(ConfigError, match="needs --api-token-file"):
         config_from_args(["--api", "tcp:127.0.0.1:8088"])
     with pytest.raises(ConfigError, match="outside the LAN"):

@@ -18,20 +18,20 @@ from wsnic_trio.cli.main import (
     config_from_args,
     main,
 )
+from wsnic_trio.config import OPTIONS, load_config_file
 from wsnic_trio.config.endpoints import parse_api_endpoint
-from wsnic_trio.config.options import OPTIONS, load_config_file
 from wsnic_trio.control.ctl import build_ctl_parser
 
 
 def test_defaults_match_wsnic_habits() -> None:
     cfg = Config()
-    assert cfg.ws_address == "127.0.0.1"
-    assert cfg.ws_port == 8086
-    assert cfg.subnet == ipaddress.IPv4Network("192.168.86.0/24")
-    assert str(cfg.bridge_address) == "192.168.86.1"
-    assert cfg.bridge == "wsbr0"
-    assert cfg.max_frame == 1518
-    assert (cfg.ping_interval, cfg.ping_timeout) == (30.0, 100.0)
+    assert cfg.server.ws_address == "127.0.0.1"
+    assert cfg.server.ws_port == 8086
+    assert cfg.lan.subnet == ipaddress.IPv4Network("192.168.86.0/24")
+    assert str(cfg.lan.bridge_address) == "192.168.86.1"
+    assert cfg.lan.bridge == "wsbr0"
+    assert cfg.lan.max_frame == 1518
+    assert (cfg.server.ping_interval, cfg.server.ping_timeout) == (30.0, 100.0)
 
 
 # One case per option that takes a value: the flag reaches its field (a parallel list
@@ -83,12 +83,12 @@ def test_each_value_flag_sets_its_field(name: str) -> None:
     text, expected = VALUE_CASES[name]
     for flag in OPTIONS[name].flags:
         cfg = config_from_args([flag, text])
-        assert getattr(cfg, name) == expected, flag
+        assert cfg.values()[name] == expected, flag
 
 
 def test_count_flags() -> None:
     cfg = config_from_args(["-vv", "-q"])
-    assert (cfg.verbose, cfg.quiet) == (2, 1)
+    assert (cfg.server.verbose, cfg.server.quiet) == (2, 1)
 
 
 def test_wsnic_style_file_and_cli_precedence(tmp_path: Path) -> None:
@@ -98,26 +98,33 @@ def test_wsnic_style_file_and_cli_precedence(tmp_path: Path) -> None:
         "subnet = 10.9.0.0/16\n"
     )
     cfg = config_from_args(["-c", str(conf), "--ws-port", "9002"])
-    assert cfg.ws_address == "0.0.0.0"
-    assert cfg.ws_port == 9002, "command line overrides the file"
-    assert cfg.subnet == ipaddress.IPv4Network("10.9.0.0/16")
+    assert cfg.server.ws_address == "0.0.0.0"
+    assert cfg.server.ws_port == 9002, "command line overrides the file"
+    assert cfg.lan.subnet == ipaddress.IPv4Network("10.9.0.0/16")
 
 
 def test_toml_file(tmp_path: Path) -> None:
     conf = tmp_path / "lan.toml"
     conf.write_text('ws_port = 9100\nsubnet = "10.3.0.0/24"\nping_interval = 3\n')
     cfg = config_from_args(["-c", str(conf)])
-    assert (cfg.ws_port, str(cfg.subnet), cfg.ping_interval) == (9100, "10.3.0.0/24", 3.0)
+    assert (cfg.server.ws_port, str(cfg.lan.subnet), cfg.server.ping_interval) == (
+        9100,
+        "10.3.0.0/24",
+        3.0,
+    )
 
 
 def test_allow_origin_from_flags_and_files(tmp_path: Path) -> None:
     cfg = config_from_args(["--allow-origin", "https://Lab.Example.org", "--allow-origin", "null"])
-    assert [str(p) for p in cfg.allow_origin] == ["https://lab.example.org", "null"]
+    assert [str(p) for p in cfg.server.allow_origin] == ["https://lab.example.org", "null"]
     conf = tmp_path / "relay.toml"
     conf.write_text('allow_origin = ["https://v86.example.org", "*.example.net:*"]\n')
     cfg = config_from_args(["-c", str(conf)])
-    assert [str(p) for p in cfg.allow_origin] == ["https://v86.example.org", "*.example.net:*"]
-    assert Config().allow_origin == ()
+    assert [str(p) for p in cfg.server.allow_origin] == [
+        "https://v86.example.org",
+        "*.example.net:*",
+    ]
+    assert Config().server.allow_origin == ()
 
 
 @pytest.mark.parametrize(
@@ -215,7 +222,7 @@ def test_help_states_each_default_once(capsys: pytest.CaptureFixture[str]) -> No
         twice = len(re.findall(r"\bdefault\b(?! route)", help_)) > 1
         assert not twice, f"{action.option_strings[-1]} states a default twice: {help_}"
         if action.dest in OPTIONS and OPTIONS[action.dest].kind == "value":
-            value = getattr(defaults, action.dest)
+            value = defaults.values()[action.dest]
             if value is not None:
                 shown = _DEFAULT.search(help_)
                 assert shown, f"{action.dest}: --help does not state its default {value}"

@@ -287,7 +287,7 @@ def test_broadcast_limit_off() -> None:
 
 
 def test_broadcast_limit_is_the_servers_default() -> None:
-    assert Config().broadcast_limit == 100
+    assert Config().lan.broadcast_limit == 100
     server = Server(Config(disable_dhcp=True), cast("LanBackend", None), [])
     for transport in ("ws", "qemu"):
         policy = server._policy(1, cast("PeerLink", FakeLink(transport, None)), RelayStats())

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from wsnic_trio.cli.main import config_from_args
-from wsnic_trio.config.options import Config
+from wsnic_trio.config import Config
 from wsnic_trio.errors import ConfigError, SetupError
 from wsnic_trio.host.dnsmasq import (
     DnsmasqPlan,
@@ -134,13 +134,13 @@ def test_file_and_toml_forms_of_the_new_options(tmp_path: Path) -> None:
     conf = tmp_path / "wsnic.conf"
     conf.write_text("dhcp_nameserver = 1.1.1.1, 9.9.9.9\nenable_inet = yes\ndisable_dhcp = no\n")
     config = config_from_args(["-c", str(conf)])
-    assert config.dhcp_nameserver == (IP("1.1.1.1"), IP("9.9.9.9"))
-    assert config.enable_inet and not config.disable_dhcp
+    assert config.lan.dhcp_nameserver == (IP("1.1.1.1"), IP("9.9.9.9"))
+    assert config.lan.enable_inet and not config.lan.disable_dhcp
     toml = tmp_path / "wsnic.toml"
     toml.write_text('allow_private = ["10.1.0.0/16", "172.16.5.0/24"]\ninet_iface = "eth1"\n')
     config = config_from_args(["-c", str(toml), "--allow-private", "192.168.7.0/24"])
-    assert config.allow_private == (NET("192.168.7.0/24"),), "the command line wins"
-    assert config.inet_iface == "eth1"
+    assert config.lan.allow_private == (NET("192.168.7.0/24"),), "the command line wins"
+    assert config.lan.inet_iface == "eth1"
 
 
 def test_run_dir_is_per_namespace_and_bridge() -> None:

@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio_websocket
 
-from wsnic_trio.config.options import Config
+from wsnic_trio.config import Config
 from wsnic_trio.errors import SetupError
 from wsnic_trio.net.addresses import Address, all_failed, bind_all_addresses, interleave
 from wsnic_trio.transports.base import AdmissionRequest, FrameCheck, Liveness, PeerLink, Rejection

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from wsnic_trio.config.options import Config
+from wsnic_trio.config import Config
 from wsnic_trio.errors import ConfigError
 from wsnic_trio.lan import privsep as _privsep
 from wsnic_trio.lan.nsproto import (

@@ -36,13 +36,17 @@ def test_vm_listener_options_repeat_and_parse(tmp_path: Path) -> None:
     listeners = ["--qemu", "unix:/run/a.sock", "--qemu", "tcp:[::1]:9000", "--bess", "/run/b.sock"]
     datagram = ["--vfkit", "/run/v.sock", "--dgram", "/run/d.sock"]
     cfg = config_from_args([*listeners, *datagram, "--qemu-connect", "tcp:h:1"])
-    assert cfg.qemu == ("unix:/run/a.sock", "tcp:[::1]:9000")
-    assert cfg.dgram == ("/run/v.sock", "/run/d.sock"), "--vfkit and --dgram are one option"
-    assert (cfg.bess, cfg.qemu_connect) == (("/run/b.sock",), ("tcp:h:1",))
+    assert cfg.lan.qemu == ("unix:/run/a.sock", "tcp:[::1]:9000")
+    assert cfg.lan.dgram == ("/run/v.sock", "/run/d.sock"), "--vfkit and --dgram are one option"
+    assert (cfg.lan.bess, cfg.lan.qemu_connect) == (("/run/b.sock",), ("tcp:h:1",))
     conf = tmp_path / "w.toml"
     conf.write_text('qemu = ["unix:/x.sock"]\ndgram = ["/y.sock"]\nsocket_mode = "0666"\n')
     cfg = config_from_args(["-c", str(conf)])
-    assert (cfg.qemu, cfg.dgram, cfg.socket_mode) == (("unix:/x.sock",), ("/y.sock",), 0o666)
+    assert (cfg.lan.qemu, cfg.lan.dgram, cfg.server.socket_mode) == (
+        ("unix:/x.sock",),
+        ("/y.sock",),
+        0o666,
+    )
 
 
 @pytest.mark.parametrize(

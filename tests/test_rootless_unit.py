@@ -222,10 +222,10 @@ def test_config_survives_the_wire(argv: list[str]) -> None:
 
 
 def test_host_loopback_flags() -> None:
-    assert not Config().host_loopback
-    assert Config(allow_host_loopback=True).host_loopback
+    assert not Config().server.host_loopback
+    assert Config(allow_host_loopback=True).server.host_loopback
     # --disable-host-loopback wins over allow_host_loopback from a config file.
-    assert not Config(allow_host_loopback=True, disable_host_loopback=True).host_loopback
+    assert not Config(allow_host_loopback=True, disable_host_loopback=True).server.host_loopback
 
 
 def test_uplink_is_checked() -> None:

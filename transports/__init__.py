@@ -19,7 +19,7 @@ from wsnic_trio.transports.base import PeerLink as PeerLink
 from wsnic_trio.transports.base import Transport as Transport
 
 if TYPE_CHECKING:
-    from wsnic_trio.config.options import Config
+    from wsnic_trio.config import Config
 
 __all__ = [
     "FrameCheck",

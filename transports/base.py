@@ -19,7 +19,7 @@ from wsnic_trio.net.addresses import peer_address as peer_address
 from wsnic_trio.util.text import printable as printable
 
 if TYPE_CHECKING:
-    from wsnic_trio.config.options import Config
+    from wsnic_trio.config import Config
 
 __all__ = [
     "ETH_HEADER",

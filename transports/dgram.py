@@ -55,7 +55,7 @@ from wsnic_trio.transports.base import (
 )
 
 if TYPE_CHECKING:
-    from wsnic_trio.config.options import Config
+    from wsnic_trio.config import Config
 
 __all__ = ["VFKIT_HANDSHAKE", "DgramLink", "DgramTransport", "dial_dgram"]
 
@@ -170,21 +170,21 @@ class DgramTransport:
     def __init__(self, config: Config, path: str) -> None:
         self.config = config
         self.path = path
-        self.check = FrameCheck(config.max_frame)
+        self.check = FrameCheck(config.lan.max_frame)
         self.unix: UnixPath = bind_unix(
-            path, socket.SOCK_DGRAM, config.socket_mode, "dgram listener"
+            path, socket.SOCK_DGRAM, config.server.socket_mode, "dgram listener"
         )
         self.sock = self.unix.sock
         self.peers: dict[Address, DgramLink] = {}
         #: Datagrams dropped before reaching any peer, by reason.
         self.drops: collections.Counter[str] = collections.Counter()
-        self._liveness = Liveness(timeout=config.dgram_idle_timeout)
+        self._liveness = Liveness(timeout=config.server.dgram_idle_timeout)
         #: Addresses the core refused recently, and until when their datagrams drop.
         self.refused_until: dict[Address, float] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> list[DgramTransport]:
-        return bind_all(lambda path: cls(config, path), config.dgram)
+        return bind_all(lambda path: cls(config, path), config.lan.dgram)
 
     def describe(self) -> str:
         return f"dgram (vfkit, QEMU dgram) unix:{self.path}"
@@ -204,7 +204,7 @@ class DgramTransport:
     async def serve(
         self, handler: PeerHandler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        read_size = self.config.max_frame + 1  # one spare byte shows a datagram is oversize
+        read_size = self.config.lan.max_frame + 1  # one spare byte shows a datagram is oversize
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
@@ -251,7 +251,7 @@ class DgramTransport:
             if problem is not None:
                 self._drop(problem, f"{problem} datagram from unknown {_name(addr)} dropped")
                 return
-        if len(self.peers) >= self.config.dgram_max_peers:
+        if len(self.peers) >= self.config.server.dgram_max_peers:
             self._drop(
                 "peer-limit",
                 f"datagram from a new address dropped: already {len(self.peers)} peers "

@@ -44,7 +44,7 @@ from wsnic_trio.transports.base import (
 from wsnic_trio.transports.stream_protocol import StreamFramingError, StreamProtocol
 
 if TYPE_CHECKING:
-    from wsnic_trio.config.options import Config
+    from wsnic_trio.config import Config
 
 __all__ = [
     "Endpoint",
@@ -155,7 +155,7 @@ class QemuStreamTransport:
         self.unix: UnixPath | None = None
         if endpoint.kind == "unix":
             self.unix = bind_unix(
-                endpoint.path, socket.SOCK_STREAM, config.socket_mode, "QEMU stream listener"
+                endpoint.path, socket.SOCK_STREAM, config.server.socket_mode, "QEMU stream listener"
             )
             self.socks = [self.unix.sock]
         else:
@@ -167,8 +167,10 @@ class QemuStreamTransport:
     @classmethod
     def from_config(cls, config: Config) -> list[QemuStreamTransport | QemuConnectTransport]:
         made: list[QemuStreamTransport | QemuConnectTransport] = []
-        made.extend(bind_all(lambda text: cls(config, parse_endpoint(text)), config.qemu))
-        made.extend(QemuConnectTransport(config, parse_endpoint(t)) for t in config.qemu_connect)
+        made.extend(bind_all(lambda text: cls(config, parse_endpoint(text)), config.lan.qemu))
+        made.extend(
+            QemuConnectTransport(config, parse_endpoint(t)) for t in config.lan.qemu_connect
+        )
         return made
 
     def describe(self) -> str:
@@ -212,9 +214,13 @@ async def run_stream_peer(
         conn.close()
         return
     _stream_options(conn)
-    io = SocketIO(conn, send_stall_timeout=config.ping_timeout)
+    io = SocketIO(conn, send_stall_timeout=config.server.ping_timeout)
     link = StreamLink(
-        io, StreamProtocol(config.max_frame), remote, config.partial_frame_timeout, remote_ip
+        io,
+        StreamProtocol(config.lan.max_frame),
+        remote,
+        config.server.partial_frame_timeout,
+        remote_ip,
     )
     await serve_link(handler, link)
 
@@ -278,7 +284,7 @@ class QemuConnectTransport:
         failing = False
         while True:
             try:
-                deadline = trio.current_time() + self.config.handshake_timeout
+                deadline = trio.current_time() + self.config.server.handshake_timeout
                 conn = await _open_stream(self.endpoint, deadline)
             except (OSError, trio.TooSlowError) as exc:
                 if not failing:  # say it once, not at every attempt

@@ -32,7 +32,7 @@ from wsnic_trio.transports.base import (
 )
 
 if TYPE_CHECKING:
-    from wsnic_trio.config.options import Config
+    from wsnic_trio.config import Config
 
 __all__ = ["BessTransport", "dial_bess"]
 
@@ -61,12 +61,14 @@ class BessTransport:
     def __init__(self, config: Config, path: str) -> None:
         self.config = config
         self.path = path
-        self.unix = bind_unix(path, socket.SOCK_SEQPACKET, config.socket_mode, "bess listener")
+        self.unix = bind_unix(
+            path, socket.SOCK_SEQPACKET, config.server.socket_mode, "bess listener"
+        )
         self.sock = self.unix.sock
 
     @classmethod
     def from_config(cls, config: Config) -> list[BessTransport]:
-        return bind_all(lambda path: cls(config, path), config.bess)
+        return bind_all(lambda path: cls(config, path), config.lan.bess)
 
     def describe(self) -> str:
         return f"bess (UML vector) unix:{self.path}"
@@ -94,8 +96,8 @@ class BessTransport:
             transport="bess",
             remote=remote,
             liveness=Liveness(),
-            max_frame=self.config.max_frame,
-            send_stall_timeout=self.config.ping_timeout,
+            max_frame=self.config.lan.max_frame,
+            send_stall_timeout=self.config.server.ping_timeout,
         )
         await serve_link(handler, link)
 

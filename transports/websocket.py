@@ -48,7 +48,7 @@ from wsnic_trio.transports.websocket_protocol import (
 )
 
 if TYPE_CHECKING:
-    from wsnic_trio.config.options import Config
+    from wsnic_trio.config import Config
 
 __all__ = [
     "WebSocketLink",
@@ -238,8 +238,8 @@ def handshake_gate(config: Config) -> HandshakeGate:
     """The cap on WebSocket connections still in their handshake (TLS and the HTTP
     upgrade request): ``--max-handshakes`` in all, ``--max-handshakes-per-ip`` each."""
     return HandshakeGate(
-        config.max_handshakes,
-        config.max_handshakes_per_ip,
+        config.server.max_handshakes,
+        config.server.max_handshakes_per_ip,
         what="WebSocket",
         names=("--max-handshakes", "--max-handshakes-per-ip"),
     )
@@ -260,18 +260,20 @@ class WebSocketTransport:
         self.name = "wss" if tls else "ws"
         #: Shared by the ws:// and wss:// listeners: the caps are the server's.
         self.gate = gate if gate is not None else handshake_gate(config)
-        self.check = FrameCheck(config.max_frame)
-        self.liveness = Liveness(ping_interval=config.ping_interval, timeout=config.ping_timeout)
-        port = config.wss_port if tls else config.ws_port
+        self.check = FrameCheck(config.lan.max_frame)
+        self.liveness = Liveness(
+            ping_interval=config.server.ping_interval, timeout=config.server.ping_timeout
+        )
+        port = config.server.wss_port if tls else config.server.ws_port
         what = "WebSocket Secure listener" if tls else "WebSocket listener"
-        self.socks = tcp_listener(config.ws_address, port, what)
+        self.socks = tcp_listener(config.server.ws_address, port, what)
 
     @classmethod
     def from_config(cls, config: Config) -> list[WebSocketTransport]:
         made: list[WebSocketTransport] = []
         gate = handshake_gate(config)
         try:
-            if config.ws_port:
+            if config.server.ws_port:
                 made.append(cls(config, gate=gate))
             tls = tls_from_config(config)
             if tls is not None:
@@ -304,9 +306,9 @@ class WebSocketTransport:
 
     def _socket_io(self, conn: socket.socket) -> SocketIO:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.config.max_queued_bytes:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.max_queued_bytes)
-        stall = self.config.ping_timeout
+        if self.config.lan.max_queued_bytes:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.lan.max_queued_bytes)
+        stall = self.config.server.ping_timeout
         if self.tls is not None:
             return TlsSocketIO(conn, self.tls.context, send_stall_timeout=stall)
         return SocketIO(conn, send_stall_timeout=stall)
@@ -321,7 +323,7 @@ class WebSocketTransport:
         # cheapest way to hold the server's file descriptors.
         pending = self.gate.enter(
             ip,
-            self.config.handshake_timeout,
+            self.config.server.handshake_timeout,
             on_evict=functools.partial(handler.count_refusal, self.name),
         )
         link: WebSocketLink | None = None
@@ -344,7 +346,7 @@ class WebSocketTransport:
                 log.info(
                     "%s: no complete WebSocket handshake within %g s; closed",
                     remote,
-                    self.config.handshake_timeout,
+                    self.config.server.handshake_timeout,
                 )
                 return
             if subprotocol is None:
@@ -410,7 +412,7 @@ class WebSocketTransport:
                 rejection = handler.admit(admission)
                 if rejection is None:
                     offered = request.subprotocols
-                    tokens = self.config.auth_token_file is not None
+                    tokens = self.config.server.auth_token_file is not None
                     chosen = choose_subprotocol(offered, tokens=tokens)
                     if offered and chosen is None:
                         log.info(
@@ -431,9 +433,9 @@ class WebSocketTransport:
 
 def tls_from_config(config: Config) -> TlsContext | None:
     """The wss:// certificate: as configured, or wsnic's cert/cert.crt default if present."""
-    if not config.wss_port:
+    if not config.server.wss_port:
         return None
-    cert, key = config.wss_certificate, config.wss_private_key
+    cert, key = config.server.wss_certificate, config.server.wss_private_key
     if cert is None:
         default = Path("cert/cert.crt")
         if not default.exists():

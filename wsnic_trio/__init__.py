@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .config.options import Config as Config
+from .config import Config as Config
 from .errors import ConfigError as ConfigError
 from .errors import PeerClosed as PeerClosed
 from .errors import PeerError as PeerError

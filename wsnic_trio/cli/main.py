@@ -1,6 +1,6 @@
 """Command line: ``wsnic-trio [OPTIONS]`` runs the server, ``wsnic-trio connect URL`` the client.
 
-Server flags are generated from :data:`wsnic_trio._config.OPTIONS`; precedence is
+Server flags are generated from :data:`wsnic_trio.config.OPTIONS`; precedence is
 built-in default < config file (``-c``) < command line. Errors the user can fix end
 with one line on stderr and exit code 2, before the host is touched.
 """
@@ -18,7 +18,7 @@ import trio
 from wsnic_trio import __version__
 from wsnic_trio.cli.connect import ConnectOptions, connect_until_signal
 from wsnic_trio.cli.serve import serve_until_signal
-from wsnic_trio.config.options import OPTIONS, Config, help_text, load_config_file
+from wsnic_trio.config import LAN_OPTIONS, SERVER_OPTIONS, Config, help_text, load_config_file
 from wsnic_trio.control.ctl import HelpFormatter
 from wsnic_trio.errors import ConfigError, SetupError
 from wsnic_trio.transports import dialer_for
@@ -78,19 +78,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-c", "--config", metavar="CFGFILE", help="read options from this file")
     parser.add_argument("--version", action="version", version=f"wsnic-trio {__version__}")
-    defaults = Config()
-    for name, spec in OPTIONS.items():
-        # argparse %-formats help strings: a literal % in an option's help must survive.
-        text = help_text(spec, getattr(defaults, name)).replace("%", "%%")
-        if spec.kind == "count":
-            parser.add_argument(*spec.flags, dest=name, action="count", help=text)
-        elif spec.kind == "flag":
-            parser.add_argument(*spec.flags, dest=name, action="store_true", help=text)
-        else:
-            action = "append" if spec.kind == "list" else "store"
-            parser.add_argument(
-                *spec.flags, dest=name, action=action, metavar=spec.metavar, help=text
-            )
+    defaults = Config().values()
+    groups = (
+        (
+            "server",
+            "the server: listeners, liveness, access, control API, capture, privileges",
+            SERVER_OPTIONS,
+        ),
+        ("LAN", "the LAN: subnet, bridge, DHCP/DNS, NAT, limits, locks, VM listeners", LAN_OPTIONS),
+    )
+    for title, description, options in groups:
+        group = parser.add_argument_group(f"{title} options", description)
+        for name, spec in options.items():
+            # argparse %-formats help strings: a literal % in an option's help must survive.
+            text = help_text(spec, defaults[name]).replace("%", "%%")
+            if spec.kind == "count":
+                group.add_argument(*spec.flags, dest=name, action="count", help=text)
+            elif spec.kind == "flag":
+                group.add_argument(*spec.flags, dest=name, action="store_true", help=text)
+            else:
+                action = "append" if spec.kind == "list" else "store"
+                group.add_argument(
+                    *spec.flags, dest=name, action=action, metavar=spec.metavar, help=text
+                )
     return parser
 
 
@@ -209,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(connect_until_signal, opts)
         else:
             config = config_from_args(argv)
-            setup_logging(config.verbose, config.quiet)
+            setup_logging(config.server.verbose, config.server.quiet)
             trio.run(serve_until_signal, config)
     except (ConfigError, SetupError) as exc:
         print(f"wsnic-trio: error: {exc}", file=sys.stderr)

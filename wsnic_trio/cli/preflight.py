@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wsnic_trio.config.options import Config
+from wsnic_trio.config import Config
 from wsnic_trio.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -38,11 +38,11 @@ _CAN_CREATE = 'test -d "$1" && test -w "$1" && test -x "$1"'
 
 def check_paths(config: Config, account: Account | None) -> None:
     """ConfigError naming the first unusable path (blocking: stats, maybe a child)."""
-    if config.pcap is not None:
-        problem = directory_problem(config.pcap, account)
+    if config.server.pcap is not None:
+        problem = directory_problem(config.server.pcap, account)
         if problem is not None:
-            raise ConfigError(f"--pcap {config.pcap}: the directory {problem}")
-    if not config.disable_dhcp:
+            raise ConfigError(f"--pcap {config.server.pcap}: the directory {problem}")
+    if not config.lan.disable_dhcp:
         check_lease_file(config)  # written by dnsmasq, started by root (or the helper)
 
 
@@ -50,9 +50,9 @@ def check_lease_file(config: Config) -> None:
     """ConfigError unless dnsmasq (started by root, or by the rootless helper as this
     user) can write ``--dhcp-lease-file``: it rewrites the file in place, so an existing
     file must be writable, and a new one needs a directory it may create files in."""
-    if config.dhcp_lease_file is None:
+    if config.lan.dhcp_lease_file is None:
         return
-    given = config.dhcp_lease_file
+    given = config.lan.dhcp_lease_file
     path = given.absolute()
     where = f"--dhcp-lease-file {given}"
     if path.is_dir():

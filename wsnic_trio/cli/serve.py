@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 import trio
 
 from wsnic_trio.cli.preflight import check_paths
-from wsnic_trio.config.options import Config
+from wsnic_trio.config import Config
 from wsnic_trio.control.api import ApiListener, bind_api, load_api_tokens, start_control
 from wsnic_trio.control.forward import OpenRemote, open_remote_here
 from wsnic_trio.core import Server
@@ -62,14 +62,16 @@ async def run_server(
     # Paths used only later (captures, the lease file), as the side that will use them.
     await trio.to_thread.run_sync(check_paths, config, account)
     raise_fd_limit()
-    tokens = TokenStore(config.auth_token_file)
+    tokens = TokenStore(config.server.auth_token_file)
     if tokens.enabled:
-        log.info("authentication on: %d tokens from %s", tokens.load(), config.auth_token_file)
+        log.info(
+            "authentication on: %d tokens from %s", tokens.load(), config.server.auth_token_file
+        )
     api_tokens = load_api_tokens(config)
     transports = build_transports(config)
     api_listeners: list[ApiListener] = []
     try:
-        api_listeners = bind_api(config.api)
+        api_listeners = bind_api(config.server.api)
         if not transports:
             log.warning("no listener is configured: nothing can connect")
         backend: AbstractAsyncContextManager[LanBackend] = (
@@ -86,9 +88,9 @@ async def run_server(
                 for problem in unreadable_files(config):
                     log.warning("as user %s: %s", account.user, problem)
             async with trio.open_nursery() as nursery:
-                if not config.disable_dhcp and not isinstance(lan, HelperLan):
+                if not config.lan.disable_dhcp and not isinstance(lan, HelperLan):
                     await nursery.start(serve_dnsmasq, config, server.count_dnsmasq_restart)
-                watch_leases = config.lock_ip or config.api or config.forward
+                watch_leases = config.lan.lock_ip or config.server.api or config.lan.forward
                 if server.leases is not None and watch_leases:
                     nursery.start_soon(server.leases.watch)
                 # Forwards open their remote side in the LAN's namespace (rootless: the
@@ -100,7 +102,7 @@ async def run_server(
                 for transport in transports:
                     await nursery.start(transport.serve, server)
                     log.info("listening on %s", transport.describe())
-                log.info("ready: LAN %s on bridge %s", config.subnet, config.bridge)
+                log.info("ready: LAN %s on bridge %s", config.lan.subnet, config.lan.bridge)
                 task_status.started(server)
     finally:
         for transport in transports:

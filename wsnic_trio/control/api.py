@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 import h11
 import trio
 
+from wsnic_trio.config import Config
 from wsnic_trio.config.endpoints import ApiEndpoint, make_forward
-from wsnic_trio.config.options import Config
 from wsnic_trio.control.forward import ForwardError, ForwardManager, OpenRemote
 from wsnic_trio.control.metrics import CONTENT_TYPE_LATEST, make_registry, render
 from wsnic_trio.control.pcap import PcapManager, PeerGone
@@ -794,11 +794,11 @@ def _unquote(text: str) -> str:
 
 def load_api_tokens(config: Config) -> TokenStore | None:
     """The TCP API's tokens, read once at start (ConfigError: exit 2)."""
-    if config.api_token_file is None:
+    if config.server.api_token_file is None:
         return None
-    tokens = TokenStore(config.api_token_file)
+    tokens = TokenStore(config.server.api_token_file)
     count = tokens.load()
-    log.info("control API: %d tokens from %s", count, config.api_token_file)
+    log.info("control API: %d tokens from %s", count, config.server.api_token_file)
     return tokens
 
 
@@ -813,25 +813,30 @@ async def start_control(
     accepts peers (so the first client is already captured and counted)."""
     config = server.config
     pcap: PcapManager | None = None
-    if config.pcap is not None:
-        if not await trio.to_thread.run_sync(config.pcap.is_dir):
-            raise SetupError(f"--pcap {config.pcap}: no such directory; create it first")
+    if config.server.pcap is not None:
+        if not await trio.to_thread.run_sync(config.server.pcap.is_dir):
+            raise SetupError(f"--pcap {config.server.pcap}: no such directory; create it first")
         pcap = PcapManager(
-            config.pcap, config.pcap_max_bytes, not config.pcap_on_demand, config.pcap_budget
+            config.server.pcap,
+            config.server.pcap_max_bytes,
+            not config.server.pcap_on_demand,
+            config.server.pcap_budget,
         )
         await nursery.start(pcap.run)
         server.capture = pcap
-        which = "on demand (API)" if config.pcap_on_demand else "every client"
+        which = "on demand (API)" if config.server.pcap_on_demand else "every client"
         log.info(
             "packet capture: %s into %s, at most %d bytes per file, %d bytes in all",
             which,
-            config.pcap,
-            config.pcap_max_bytes,
-            config.pcap_budget,
+            config.server.pcap,
+            config.server.pcap_max_bytes,
+            config.server.pcap_budget,
         )
-    forwards = ForwardManager(config.subnet, server.leases, config.dhcp_domain_name, open_remote)
+    forwards = ForwardManager(
+        config.lan.subnet, server.leases, config.lan.dhcp_domain_name, open_remote
+    )
     await nursery.start(forwards.run)
-    for spec in config.forward:
+    for spec in config.lan.forward:
         try:
             await forwards.add(spec)
         except ForwardError as exc:

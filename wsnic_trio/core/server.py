@@ -23,7 +23,7 @@ from typing import Protocol
 import trio
 from pyroute2.netlink.exceptions import NetlinkError
 
-from wsnic_trio.config.options import Config
+from wsnic_trio.config import Config
 from wsnic_trio.core.admission import Admission, TokenStore
 from wsnic_trio.core.events import EventBus
 from wsnic_trio.core.guard import FramePolicy, GatewayRules, SourceGuard, refuse_mac
@@ -98,24 +98,24 @@ class Server:
         self.config = config
         self.lan = lan
         self.transports = list(transports)
-        self.check = FrameCheck(config.max_frame)
+        self.check = FrameCheck(config.lan.max_frame)
         self.peers: dict[int, PeerInfo] = {}
         self._ids = itertools.count(1)
         self.tokens = tokens or TokenStore(None)
         self.admission = Admission(
             self.tokens,
-            max_clients=config.max_clients,
-            max_clients_per_ip=config.max_clients_per_ip,
-            origins=config.allow_origin,
+            max_clients=config.lan.max_clients,
+            max_clients_per_ip=config.lan.max_clients_per_ip,
+            origins=config.server.allow_origin,
         )
         self.bridge_mac = bytes.fromhex(BRIDGE_MAC.replace(":", ""))
         #: What no client may send (gateway impersonation, rogue DHCP, IPv6 RAs).
-        self.rules = GatewayRules(self.bridge_mac, config.bridge_address.packed)
+        self.rules = GatewayRules(self.bridge_mac, config.lan.bridge_address.packed)
         #: Which connected peer owns which MAC (its first source MAC, for every peer).
         self.mac_owners: dict[bytes, int] = {}
         #: dnsmasq's leases, when the server runs DHCP.
         self.leases: LeaseTable | None = None
-        if not config.disable_dhcp:
+        if not config.lan.disable_dhcp:
             self.leases = LeaseTable(lease_file_path(config))
         # -- what the control API shows (docs/api.md) --
         self.started_at = time.time()
@@ -180,27 +180,27 @@ class Server:
     # -- per peer -----------------------------------------------------------------------
 
     def _policy(self, peer_id: int, link: PeerLink, stats: RelayStats) -> FramePolicy:
-        lock = self.config.lock_mac == "all" or (
-            self.config.lock_mac == "ws" and link.transport in ("ws", "wss")
+        lock = self.config.lan.lock_mac == "all" or (
+            self.config.lan.lock_mac == "ws" and link.transport in ("ws", "wss")
         )
 
         def claim(mac: bytes) -> None:
             self._claim_mac(peer_id, link, mac)
 
         guard = None
-        if lock or self.config.lock_ip:
+        if lock or self.config.lan.lock_ip:
             guard = SourceGuard(
                 self.bridge_mac,
                 claim=claim,
-                leased_ip=self.leased_ip if self.config.lock_ip else None,
+                leased_ip=self.leased_ip if self.config.lan.lock_ip else None,
             )
         return FramePolicy(
             self.check,
             stats.drops,
             guard,
-            self.config.rate_limit,
+            self.config.lan.rate_limit,
             self.rules,
-            broadcast_limit=self.config.broadcast_limit,
+            broadcast_limit=self.config.lan.broadcast_limit,
             # An unlocked peer (a VM) may send from other MACs too, but its first MAC is
             # recorded all the same: nobody else may take it over.
             claim=claim if guard is None else None,

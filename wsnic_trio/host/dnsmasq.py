@@ -35,7 +35,7 @@ from pathlib import Path
 
 import trio
 
-from wsnic_trio.config.options import Config
+from wsnic_trio.config import Config
 from wsnic_trio.errors import SetupError
 from wsnic_trio.host.procs import iter_processes, net_namespace_id, port_holders
 from wsnic_trio.util.safefs import UnsafePathError, open_directory, prepare_private_file
@@ -115,7 +115,7 @@ def uses_host_resolvers(config: Config) -> bool:
     """Whether dnsmasq forwards non-LAN names to the host's resolvers (resolv.conf):
     with ``-i`` a LAN has the Internet and expects its names too, unless
     ``--dns-upstream`` chose the servers. Without ``-i`` the LAN gets its own names only."""
-    return config.enable_inet and not config.dns_upstream
+    return config.lan.enable_inet and not config.lan.dns_upstream
 
 
 def reverse_zones(subnet: ipaddress.IPv4Network) -> list[str]:
@@ -192,19 +192,19 @@ def run_dir(bridge: str, netns: int | None) -> Path:
 
 
 def dnsmasq_plan(config: Config, rundir: Path) -> DnsmasqPlan:
-    lease_file = config.dhcp_lease_file
+    lease_file = config.lan.dhcp_lease_file
     return DnsmasqPlan(
-        bridge=config.bridge,
-        subnet=config.subnet,
-        bridge_address=config.bridge_address,
-        lease_time=config.dhcp_lease_time,
-        domain=config.dhcp_domain_name,
-        nameservers=config.dhcp_nameserver,
-        upstream=config.dns_upstream,
+        bridge=config.lan.bridge,
+        subnet=config.lan.subnet,
+        bridge_address=config.lan.bridge_address,
+        lease_time=config.lan.dhcp_lease_time,
+        domain=config.lan.dhcp_domain_name,
+        nameservers=config.lan.dhcp_nameserver,
+        upstream=config.lan.dns_upstream,
         lease_file=lease_file.absolute() if lease_file is not None else rundir / "dnsmasq.leases",
         pid_file=rundir / "dnsmasq.pid",
-        mtu=config.mtu,
-        log_transactions=config.verbose >= 2,
+        mtu=config.lan.mtu,
+        log_transactions=config.server.verbose >= 2,
         resolv_file=RESOLV_CONF if uses_host_resolvers(config) else None,
     )
 
@@ -232,8 +232,8 @@ def describe_dns(
     server there is a warning, not an error: LAN names keep working, and dnsmasq starts
     forwarding as soon as the file lists one.
     """
-    if config.dns_upstream:
-        servers = ", ".join(str(a) for a in config.dns_upstream)
+    if config.lan.dns_upstream:
+        servers = ", ".join(str(a) for a in config.lan.dns_upstream)
         return logging.INFO, f"DNS: forwarding non-LAN names to {servers} (--dns-upstream)"
     if not uses_host_resolvers(config):
         return logging.INFO, "DNS: LAN names only (no --enable-inet, no --dns-upstream)"
@@ -244,7 +244,7 @@ def describe_dns(
     if resolv_text is None:
         return logging.WARNING, f"DNS: cannot read {RESOLV_CONF} ({unreadable}), {hint}"
     listed = resolv_nameservers(resolv_text)
-    own = str(config.bridge_address)
+    own = str(config.lan.bridge_address)
     usable = [s for s in listed if s != own]
     ignored = f" (ignoring {own}: that is this LAN's own dnsmasq)" if own in listed else ""
     if not usable:
@@ -265,7 +265,7 @@ def _read_resolv_conf() -> tuple[str | None, str]:
 
 def lease_file_path(config: Config) -> Path:
     """Where dnsmasq keeps this LAN's leases (read by the server for --lock-ip)."""
-    return dnsmasq_plan(config, run_dir(config.bridge, net_namespace_id())).lease_file
+    return dnsmasq_plan(config, run_dir(config.lan.bridge, net_namespace_id())).lease_file
 
 
 def _classify(text: str) -> int:
@@ -290,7 +290,7 @@ def _binary() -> str | None:
 
 def check_prerequisites(config: Config) -> None:
     """What can be checked before the host is touched (blocking; for a worker thread)."""
-    if config.disable_dhcp:
+    if config.lan.disable_dhcp:
         return
     if _binary() is None:
         raise SetupError(
@@ -532,10 +532,10 @@ async def serve_dnsmasq(
     binary = _binary()
     if binary is None:
         raise SetupError("dnsmasq is not installed (Debian: apt-get install dnsmasq-base)")
-    rundir = run_dir(config.bridge, net_namespace_id())
+    rundir = run_dir(config.lan.bridge, net_namespace_id())
     plan = dnsmasq_plan(config, rundir)
     argv = dnsmasq_argv(plan, binary)
-    address = config.bridge_address
+    address = config.lan.bridge_address
     resolv_text, unreadable = None, ""
     if plan.resolv_file is not None:
         resolv_text, unreadable = await trio.to_thread.run_sync(_read_resolv_conf)
@@ -550,8 +550,8 @@ async def serve_dnsmasq(
     # --user the server's user) only. dnsmasq keeps the owner and mode of a file that
     # exists (it rewrites it in place).
     what = (
-        f"--dhcp-lease-file {config.dhcp_lease_file}"
-        if config.dhcp_lease_file is not None
+        f"--dhcp-lease-file {config.lan.dhcp_lease_file}"
+        if config.lan.dhcp_lease_file is not None
         else f"lease file {plan.lease_file}"
     )
     try:

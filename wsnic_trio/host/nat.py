@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import trio
 
-from wsnic_trio.config.options import Config
+from wsnic_trio.config import LanConfig
 from wsnic_trio.errors import SetupError
 from wsnic_trio.host import netlink
 from wsnic_trio.host.procs import pid_is_wsnic
@@ -281,12 +281,12 @@ async def clear_leftover_table(bridge: str) -> None:
     )
 
 
-async def _find_uplink(config: Config) -> str:
-    if config.inet_iface is not None:
-        link = await trio.to_thread.run_sync(netlink.find_link, config.inet_iface)
+async def _find_uplink(lan: LanConfig) -> str:
+    if lan.inet_iface is not None:
+        link = await trio.to_thread.run_sync(netlink.find_link, lan.inet_iface)
         if link is None:
-            raise SetupError(f"--inet-iface {config.inet_iface}: no such interface")
-        uplink = config.inet_iface
+            raise SetupError(f"--inet-iface {lan.inet_iface}: no such interface")
+        uplink = lan.inet_iface
     else:
         found = await trio.to_thread.run_sync(netlink.default_route_interface)
         if found is None:
@@ -295,30 +295,30 @@ async def _find_uplink(config: Config) -> str:
                 "add one or name the uplink with --inet-iface"
             )
         uplink = found
-    if uplink == config.bridge:
+    if uplink == lan.bridge:
         raise SetupError(f"the uplink for --enable-inet cannot be the LAN's own bridge {uplink}")
     return uplink
 
 
 @contextlib.asynccontextmanager
-async def host_filter(config: Config, pid: int) -> AsyncIterator[str | None]:
+async def host_filter(lan: LanConfig, pid: int) -> AsyncIterator[str | None]:
     """Install the LAN's table (with ``-i``: NAT, and forwarding on); undo on exit.
 
     Yields the uplink's name, or None without ``-i``.
     """
     check_nft()
-    uplink = await _find_uplink(config) if config.enable_inet else None
+    uplink = await _find_uplink(lan) if lan.enable_inet else None
     forwarding = uplink is not None
     before = await trio.to_thread.run_sync(read_sysctl, IP_FORWARD) if forwarding else None
     plan = NatPlan(
-        bridge=config.bridge,
-        subnet=config.subnet,
-        bridge_address=config.bridge_address,
+        bridge=lan.bridge,
+        subnet=lan.subnet,
+        bridge_address=lan.bridge_address,
         uplink=uplink,
-        allow_private=config.allow_private,
-        note=TableNote(pid, config.bridge, before),
+        allow_private=lan.allow_private,
+        note=TableNote(pid, lan.bridge, before),
     )
-    table = table_name(config.bridge)
+    table = table_name(lan.bridge)
     installed = False
     try:
         await _nft(["-f", "-"], build_ruleset(plan))
@@ -326,13 +326,11 @@ async def host_filter(config: Config, pid: int) -> AsyncIterator[str | None]:
         if uplink is None:
             log.info(
                 "LAN isolated: nothing forwarded into or out of %s (table inet %s)",
-                config.bridge,
+                lan.bridge,
                 table,
             )
         else:
-            log.info(
-                "NAT on: %s masqueraded out of %s (table inet %s)", config.subnet, uplink, table
-            )
+            log.info("NAT on: %s masqueraded out of %s (table inet %s)", lan.subnet, uplink, table)
         if before is not None and before != "1":
             await trio.to_thread.run_sync(write_sysctl, IP_FORWARD, "1")
             log.info("%s was %s: set to 1 for this run", IP_FORWARD, before)
@@ -346,7 +344,7 @@ async def host_filter(config: Config, pid: int) -> AsyncIterator[str | None]:
                     if now != before:
                         await trio.to_thread.run_sync(write_sysctl, IP_FORWARD, before)
                         log.info("%s restored to %s", IP_FORWARD, before)
-                await _nft(["-f", "-"], delete_script(config.bridge))
+                await _nft(["-f", "-"], delete_script(lan.bridge))
                 log.info(
                     "%s off: table inet %s deleted", "NAT" if forwarding else "host filter", table
                 )

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import trio
 
-from wsnic_trio.config.options import Config
+from wsnic_trio.config import Config
 from wsnic_trio.errors import SetupError
 from wsnic_trio.host import netlink
 from wsnic_trio.host.procs import pid_is_wsnic
@@ -69,8 +69,10 @@ class Lan:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.bridge = config.bridge
-        self.address = ipaddress.IPv4Interface(f"{config.bridge_address}/{config.subnet.prefixlen}")
+        self.bridge = config.lan.bridge
+        self.address = ipaddress.IPv4Interface(
+            f"{config.lan.bridge_address}/{config.lan.subnet.prefixlen}"
+        )
         self._created = False
 
     async def __aenter__(self) -> Lan:
@@ -108,10 +110,14 @@ class Lan:
                 owner,
             )
         netlink.create_bridge(
-            self.bridge, BRIDGE_MAC, self.address, self.config.mtu, netlink.owner_alias("bridge")
+            self.bridge,
+            BRIDGE_MAC,
+            self.address,
+            self.config.lan.mtu,
+            netlink.owner_alias("bridge"),
         )
         self._created = True
-        log.info("bridge %s up with %s (MTU %d)", self.bridge, self.address, self.config.mtu)
+        log.info("bridge %s up with %s (MTU %d)", self.bridge, self.address, self.config.lan.mtu)
 
     def _remove(self) -> None:
         if self._created and netlink.delete_link(self.bridge):
@@ -134,15 +140,15 @@ class Lan:
         """A fresh TAP on the bridge that forwards: (fd, name). The caller owns the fd
         (the privileged helper of ``--user`` hands it to the server); the TAP is deleted
         when the last copy of the fd is closed."""
-        queued = self.config.max_queued_bytes
+        queued = self.config.lan.max_queued_bytes
         fd, name = await trio.to_thread.run_sync(
             functools.partial(
                 netlink.create_tap_on_bridge,
-                self.config.tap_prefix + "%d",
+                self.config.lan.tap_prefix + "%d",
                 self.bridge,
-                self.config.mtu,
+                self.config.lan.mtu,
                 netlink.owner_alias("tap"),
-                txqlen=max(8, queued // self.config.max_frame) if queued else None,
+                txqlen=max(8, queued // self.config.lan.max_frame) if queued else None,
             )
         )
         try:
@@ -156,7 +162,7 @@ class Lan:
     async def open_tap(self) -> AsyncIterator[TapDevice]:
         """A fresh TAP on the bridge for one peer; it is deleted when the block ends."""
         fd, name = await self.create_tap()
-        tap = TapDevice(fd, name, self.config.max_frame)
+        tap = TapDevice(fd, name, self.config.lan.max_frame)
         try:
             yield tap
         finally:

@@ -45,7 +45,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from wsnic_trio.config.options import Config
+from wsnic_trio.config import Config
 from wsnic_trio.errors import SetupError, WsnicError
 from wsnic_trio.host import netlink
 from wsnic_trio.host.dnsmasq import _binary, _bound, _classify, _why, dnsmasq_argv, dnsmasq_plan
@@ -224,7 +224,7 @@ class Helper:
         if self.config is not None:
             return Reply(False, error="setup twice")
         config = config_from_wire(request.args.get("config", {}))
-        setup_logging(config.verbose, config.quiet, "wsnic-trio-nshelper")
+        setup_logging(config.server.verbose, config.server.quiet, "wsnic-trio-nshelper")
         self.config = config
         base = os.environ.get("XDG_RUNTIME_DIR") or None
         if base is not None and not os.access(base, os.W_OK):
@@ -232,17 +232,19 @@ class Helper:
         self.rundir = Path(tempfile.mkdtemp(prefix="wsnic-trio-", dir=base))
         with IPRoute() as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        address = ipaddress.IPv4Interface(f"{config.bridge_address}/{config.subnet.prefixlen}")
+        address = ipaddress.IPv4Interface(
+            f"{config.lan.bridge_address}/{config.lan.subnet.prefixlen}"
+        )
         netlink.create_bridge(
-            config.bridge, BRIDGE_MAC, address, config.mtu, netlink.owner_alias("bridge")
+            config.lan.bridge, BRIDGE_MAC, address, config.lan.mtu, netlink.owner_alias("bridge")
         )
         self.probe(config)
-        if config.enable_inet:
+        if config.lan.enable_inet:
             write_sysctl(IP_FORWARD, "1")  # this namespace's own forwarding switch
         log.info(
             "namespace ready (helper pid %d): bridge %s with %s",
             os.getpid(),
-            config.bridge,
+            config.lan.bridge,
             address,
         )
         return Reply(True, {"rundir": str(self.rundir), "pid": os.getpid()})
@@ -251,16 +253,16 @@ class Helper:
         uplink = request.args.get("uplink")
         if uplink is not None:
             host = request.args.get("host_address")
-            allowed = list(config.allow_private)
+            allowed = list(config.lan.allow_private)
             if host is not None:
                 allowed.append(ipaddress.IPv4Network(f"{host}/32"))
             plan = NatPlan(
-                bridge=config.bridge,
-                subnet=config.subnet,
-                bridge_address=config.bridge_address,
+                bridge=config.lan.bridge,
+                subnet=config.lan.subnet,
+                bridge_address=config.lan.bridge_address,
                 uplink=str(uplink),
                 allow_private=allowed,
-                note=TableNote(os.getpid(), config.bridge, "1"),
+                note=TableNote(os.getpid(), config.lan.bridge, "1"),
             )
             nft = shutil.which("nft") or "nft"
             result = subprocess.run(
@@ -268,8 +270,8 @@ class Helper:
             )
             if result.returncode != 0:
                 raise SetupError(f"nft failed: {result.stderr.decode(errors='replace').strip()}")
-            log.info("NAT on: %s masqueraded out of %s", config.subnet, uplink)
-        if not config.disable_dhcp:
+            log.info("NAT on: %s masqueraded out of %s", config.lan.subnet, uplink)
+        if not config.lan.disable_dhcp:
             assert self.rundir is not None
             binary = _binary()
             if binary is None:
@@ -295,14 +297,14 @@ class Helper:
         try:
             fd, _ = _create_tap(config)
             os.close(fd)  # the TAP goes with its only fd
-            keep_bridge_mtu(config.bridge, config.mtu)
+            keep_bridge_mtu(config.lan.bridge, config.lan.mtu)
         except (WsnicError, OSError, NetlinkError) as exc:
-            raise SetupError(tap_failure(config.bridge, exc, ROOTLESS_DOCS)) from None
+            raise SetupError(tap_failure(config.lan.bridge, exc, ROOTLESS_DOCS)) from None
 
     def tap(self, config: Config) -> tuple[Reply, int | None]:
         fd, name = _create_tap(config)
         deadline = time.monotonic() + _CARRIER_TIMEOUT
-        while not (_forwarding(name) and _bridge_up(config.bridge)):
+        while not (_forwarding(name) and _bridge_up(config.lan.bridge)):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.002)
@@ -322,7 +324,7 @@ class Helper:
         assert proc.stderr is not None
         os.set_blocking(proc.stderr.fileno(), False)
         self.dnsmasq = dm = _Dnsmasq(proc, [])
-        address = self.config.bridge_address
+        address = self.config.lan.bridge_address
         deadline = time.monotonic() + _START_TIMEOUT
         started = False
         while time.monotonic() < deadline:
@@ -443,13 +445,13 @@ class Helper:
 
 
 def _create_tap(config: Config) -> tuple[int, str]:
-    queued = config.max_queued_bytes
+    queued = config.lan.max_queued_bytes
     return netlink.create_tap_on_bridge(
-        config.tap_prefix + "%d",
-        config.bridge,
-        config.mtu,
+        config.lan.tap_prefix + "%d",
+        config.lan.bridge,
+        config.lan.mtu,
         netlink.owner_alias("tap"),
-        txqlen=max(8, queued // config.max_frame) if queued else None,
+        txqlen=max(8, queued // config.lan.max_frame) if queued else None,
     )
 
 

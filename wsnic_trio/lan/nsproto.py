@@ -37,7 +37,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from wsnic_trio.config.options import OPTIONS, Config
+from wsnic_trio.config import OPTIONS, Config
 from wsnic_trio.errors import WsnicError
 
 __all__ = [
@@ -261,7 +261,8 @@ def _wire_value(kind: str, value: Any) -> Any:
 
 def config_to_wire(config: Config) -> dict[str, Any]:
     """Every option as JSON values, in the syntax a config file would use."""
-    return {name: _wire_value(spec.kind, getattr(config, name)) for name, spec in OPTIONS.items()}
+    values = config.values()
+    return {name: _wire_value(spec.kind, values[name]) for name, spec in OPTIONS.items()}
 
 
 def config_from_wire(values: Mapping[str, Any]) -> Config:

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import trio
 from pyroute2.netlink.exceptions import NetlinkError
 
-from wsnic_trio.config.options import Config
+from wsnic_trio.config import Config
 from wsnic_trio.errors import ConfigError, SetupError, WsnicError
 from wsnic_trio.host.dnsmasq import RUN_ROOT, serve_dnsmasq
 from wsnic_trio.lan.bridge import Lan
@@ -123,21 +123,21 @@ def resolve_account(config: Config, *, euid: int) -> Account | None:
     nginx and dnsmasq, would give them), so access to e.g. a TLS key can be granted
     through a group; ``--group`` replaces only the primary group.
     """
-    if config.user is None:
-        if config.group is not None:
+    if config.server.user is None:
+        if config.server.group is not None:
             raise ConfigError("--group needs --user (the user the server becomes)")
         return None
     if euid != 0:
         raise ConfigError(
-            f"--user {config.user} needs a server started as root (it drops from root to "
+            f"--user {config.server.user} needs a server started as root (it drops from root to "
             "that user after set-up); start it as root, or leave out --user"
         )
-    entry = _lookup_user(config.user)
+    entry = _lookup_user(config.server.user)
     if entry.pw_uid == 0:
         raise ConfigError(
-            f"--user {config.user} is root: name an unprivileged user to run the server as"
+            f"--user {config.server.user} is root: name an unprivileged user to run the server as"
         )
-    gid = _lookup_group(config.group) if config.group is not None else entry.pw_gid
+    gid = _lookup_group(config.server.group) if config.server.group is not None else entry.pw_gid
     groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, gid))))
     if 0 in groups and gid != 0:
         groups = tuple(g for g in groups if g != 0)
@@ -198,14 +198,14 @@ def unreadable_files(config: Config) -> list[str]:
     """Files the server re-reads on SIGHUP (or writes) that it cannot use after the drop."""
     problems = []
     for what, path in (
-        ("--auth-token-file", config.auth_token_file),
-        ("--wss-certificate", config.wss_certificate),
-        ("--wss-private-key", config.wss_private_key),
+        ("--auth-token-file", config.server.auth_token_file),
+        ("--wss-certificate", config.server.wss_certificate),
+        ("--wss-private-key", config.server.wss_private_key),
     ):
         if path is not None and not os.access(path, os.R_OK):
             problems.append(f"{what} {path} is not readable (SIGHUP reloads will fail)")
-    if config.pcap is not None and not os.access(config.pcap, os.W_OK | os.X_OK):
-        problems.append(f"--pcap {config.pcap} is not writable (captures will fail)")
+    if config.server.pcap is not None and not os.access(config.server.pcap, os.W_OK | os.X_OK):
+        problems.append(f"--pcap {config.server.pcap} is not writable (captures will fail)")
     return problems
 
 
@@ -369,14 +369,14 @@ async def _session(sock: trio.socket.SocketType) -> None:
     except (WsnicError, ValueError, TypeError) as exc:
         await _send(sock, Reply(False, error=str(exc)))
         return
-    setup_logging(config.verbose, config.quiet, "wsnic-trio-helper")
+    setup_logging(config.server.verbose, config.server.quiet, "wsnic-trio-helper")
     sockets = request.args.get("sockets", [])
     replied = False
     try:
         async with Lan(config) as lan:
             await probe_lan(lan, _DOCS)
             async with lan_services(config), trio.open_nursery() as nursery:
-                if not config.disable_dhcp:
+                if not config.lan.disable_dhcp:
                     # The lease file becomes the server user's (mode 0600) before dnsmasq
                     # opens it: only that user and root may read it, and dnsmasq rewrites
                     # it in place, so owner and mode survive every update. It is handed

@@ -36,7 +36,7 @@ from typing import Self
 import trio
 from pyroute2.netlink.exceptions import NetlinkError
 
-from wsnic_trio.config.options import Config
+from wsnic_trio.config import Config
 from wsnic_trio.errors import ConfigError, SetupError, WsnicError
 from wsnic_trio.host.dnsmasq import describe_dns, uses_host_resolvers
 from wsnic_trio.host.tap import TapDevice
@@ -97,7 +97,7 @@ def has_net_admin(status: str) -> bool:
 
 def choose_rootless(config: Config, *, euid: int, net_admin: bool) -> tuple[bool, str]:
     """(rootless?, why) for the log line that tells the user which mode runs."""
-    if config.rootless:
+    if config.server.rootless:
         return True, "rootless mode (--rootless)"
     if euid == 0 or net_admin:
         return False, "root mode"
@@ -108,9 +108,9 @@ def uplink_dns(config: Config) -> str | None:
     """The uplink's DNS forwarder that dnsmasq uses in rootless mode, where root mode
     reads the host's resolv.conf (which may name the host's loopback, a different one
     from the namespace's); None when the LAN gets no forwarding or --dns-upstream's."""
-    if config.disable_dhcp or not uses_host_resolvers(config):
+    if config.lan.disable_dhcp or not uses_host_resolvers(config):
         return None
-    return PASTA_DNS if config.uplink == "pasta" else SLIRP_DNS
+    return PASTA_DNS if config.server.uplink == "pasta" else SLIRP_DNS
 
 
 def slirp4netns_argv(
@@ -165,15 +165,15 @@ def _tool(name: str, package: str) -> str:
 
 
 def _check_prerequisites(config: Config) -> None:
-    if config.inet_iface is not None:
+    if config.lan.inet_iface is not None:
         raise ConfigError(
             "--inet-iface has no meaning in rootless mode: the uplink is --uplink "
-            f"({config.uplink})"
+            f"({config.server.uplink})"
         )
     if not os.path.exists("/dev/net/tun"):
         raise SetupError("/dev/net/tun is missing (is the tun module loaded?)")
     if (
-        not config.disable_dhcp
+        not config.lan.disable_dhcp
         and shutil.which("dnsmasq") is None
         and not any(os.access(p, os.X_OK) for p in ("/usr/sbin/dnsmasq", "/sbin/dnsmasq"))
     ):
@@ -181,9 +181,9 @@ def _check_prerequisites(config: Config) -> None:
             "dnsmasq is not installed (Debian: apt-get install dnsmasq-base); "
             "or run without DHCP/DNS with --disable-dhcp"
         )
-    if config.enable_inet:
+    if config.lan.enable_inet:
         _tool("nft", "nftables")
-        if config.uplink == "pasta":
+        if config.server.uplink == "pasta":
             _tool("pasta", "passt")
         else:
             _tool("slirp4netns", "slirp4netns")
@@ -214,7 +214,7 @@ class HelperLan:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.bridge = config.bridge
+        self.bridge = config.lan.bridge
         self.helper_pid: int | None = None
         self._proc: trio.Process | None = None
         self._sock: trio.socket.SocketType | None = None
@@ -372,20 +372,14 @@ class RootlessLan(HelperLan):
         await self._spawn_helper()
         dns = uplink_dns(config)
         # The helper's dnsmasq gets the uplink's forwarder as its --dns-upstream.
-        wire = (
-            dataclasses.replace(config, dns_upstream=(ipaddress.IPv4Address(dns),))
-            if dns
-            else config
-        )
+        wire = config.replace(dns_upstream=(ipaddress.IPv4Address(dns),)) if dns else config
         reply = await self._call(Request("setup", {"config": config_to_wire(wire)}))
         self.rundir = Path(str(reply.values["rundir"]))
-        if not config.disable_dhcp and config.dhcp_lease_file is None:
-            self.config = dataclasses.replace(
-                config, dhcp_lease_file=self.rundir / "dnsmasq.leases"
-            )
+        if not config.lan.disable_dhcp and config.lan.dhcp_lease_file is None:
+            self.config = config.replace(dhcp_lease_file=self.rundir / "dnsmasq.leases")
         uplink_device: str | None = None
         host_address: str | None = None
-        if config.enable_inet:
+        if config.lan.enable_inet:
             uplink_device, host_address = await self._start_uplink()
         await self._call(Request("start", {"uplink": uplink_device, "host_address": host_address}))
         if dns:
@@ -393,23 +387,25 @@ class RootlessLan(HelperLan):
                 "DNS: forwarding non-LAN names to %s, the DNS forwarder of %s (it asks "
                 "this host's resolvers, from /etc/resolv.conf)",
                 dns,
-                config.uplink,
+                config.server.uplink,
             )
-        elif not config.disable_dhcp:
+        elif not config.lan.disable_dhcp:
             level, text = describe_dns(config)
             log.log(level, "%s", text)
         log.info(
             "rootless LAN ready: bridge %s in the namespace of helper pid %d%s",
             self.bridge,
             self.helper_pid,
-            f", uplink {config.uplink}" if uplink_device else ", no uplink (no --enable-inet)",
+            f", uplink {config.server.uplink}"
+            if uplink_device
+            else ", no uplink (no --enable-inet)",
         )
 
     async def _start_uplink(self) -> tuple[str, str | None]:
         assert self.helper_pid is not None
         assert self.rundir is not None
         config = self.config
-        if config.uplink == "pasta":
+        if config.server.uplink == "pasta":
             return await self._start_pasta()
         ready_r, ready_w = os.pipe()
         exit_r, exit_w = os.pipe()
@@ -423,7 +419,7 @@ class RootlessLan(HelperLan):
                         self.helper_pid,
                         ready_fd=ready_w,
                         exit_fd=exit_r,
-                        host_loopback=config.host_loopback,
+                        host_loopback=config.server.host_loopback,
                         dns=uplink_dns(config) is not None,
                     ),
                     pass_fds=[ready_w, exit_r],
@@ -453,9 +449,9 @@ class RootlessLan(HelperLan):
         log.info(
             "uplink: slirp4netns (pid %d)%s",
             self._uplink.proc.pid,
-            f"; {SLIRP_HOST} is this host's loopback" if config.host_loopback else "",
+            f"; {SLIRP_HOST} is this host's loopback" if config.server.host_loopback else "",
         )
-        return SLIRP_DEVICE, SLIRP_HOST if config.host_loopback else None
+        return SLIRP_DEVICE, SLIRP_HOST if config.server.host_loopback else None
 
     async def _start_pasta(self) -> tuple[str, str | None]:
         assert self.helper_pid is not None
@@ -466,7 +462,7 @@ class RootlessLan(HelperLan):
                 _tool("pasta", "passt"),
                 self.helper_pid,
                 pid_file=pid_file,
-                host_loopback=self.config.host_loopback,
+                host_loopback=self.config.server.host_loopback,
                 dns=uplink_dns(self.config) is not None,
             ),
             stdin=subprocess.DEVNULL,
@@ -544,7 +540,7 @@ async def probe_lan(lan: Lan, docs: str) -> None:
     try:
         fd, _ = await lan.create_tap()
         os.close(fd)  # the TAP goes with its only fd
-        await trio.to_thread.run_sync(keep_bridge_mtu, lan.bridge, lan.config.mtu)
+        await trio.to_thread.run_sync(keep_bridge_mtu, lan.bridge, lan.config.lan.mtu)
     except (WsnicError, OSError, NetlinkError) as exc:
         raise SetupError(tap_failure(lan.bridge, exc, docs)) from None
 

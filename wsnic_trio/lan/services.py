@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from wsnic_trio.config.options import Config
+from wsnic_trio.config import Config
 from wsnic_trio.host.dnsmasq import check_prerequisites, clear_leftovers
 from wsnic_trio.host.nat import check_nft, clear_leftover_table, host_filter
 
@@ -31,7 +31,7 @@ async def lan_services(config: Config) -> AsyncIterator[str | None]:
     """Yields the NAT uplink's name, or None without ``--enable-inet``."""
     await trio.to_thread.run_sync(check_prerequisites, config)
     check_nft()
-    await trio.to_thread.run_sync(clear_leftovers, config.bridge)
-    await clear_leftover_table(config.bridge)
-    async with host_filter(config, os.getpid()) as uplink:
+    await trio.to_thread.run_sync(clear_leftovers, config.lan.bridge)
+    await clear_leftover_table(config.lan.bridge)
+    async with host_filter(config.lan, os.getpid()) as uplink:
         yield uplink
