@@ -6,38 +6,57 @@ host's own interfaces, routes, sysctls and firewall are never touched. A ``World
 context manager: on exit (also after an error or Ctrl-C) it stops every process it
 started, by PID, kills whatever is still inside its namespaces (only ours), and deletes
 the namespaces, which takes their veths, bridges and TAPs with them.
+
+The plain steps (a namespace, a veth pair, a child's environment, killing what is left
+in a namespace) are the tests' own (:mod:`tests.netns`); what is the benchmark's is that
+it runs without trio, logs to files and builds the scenarios' worlds (:func:`setup`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 
-__all__ = ["Namespace", "Proc", "World", "run"]
+from tests.netns import add_netns, add_veth, child_env, kill_leftovers, run
+
+from .scenarios import Scenario, Transport
+
+__all__ = ["Namespace", "Proc", "Setup", "World", "run", "setup"]
 
 _ids = itertools.count()
 
+BENCH = Path(__file__).resolve().parent
+PY = sys.executable
+
 #: Directories put first on the PYTHONPATH of every process started (see ``snapshot_code``).
-CODE_PATH: list[str] = [str(Path(__file__).resolve().parent.parent)]
+CODE_PATH: list[str] = [str(BENCH.parent)]
+
+HOST_IP = "192.168.86.1"
+CLIENT_IPS = ("192.168.86.11", "192.168.86.12")
+BRIDGE = "wsbr0"
+CLIENT_TAP = "bt0"
+IPERF_PORT = "5201"
 
 
-def run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """A short command to completion; failures raise with its stderr."""
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}"
-        )
-    return result
+def _poll(done: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Whether ``done()`` came true within ``timeout`` seconds, asked every ``interval``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        time.sleep(interval)
+    return False
 
 
 class Proc:
@@ -138,11 +157,6 @@ class Namespace:
         env: dict[str, str] | None = None,
         stdin: int | None = subprocess.DEVNULL,
     ) -> Proc:
-        full_env = dict(os.environ)
-        full_env["PYTHONUNBUFFERED"] = "1"
-        full_env["PYTHONPATH"] = os.pathsep.join([*CODE_PATH, full_env.get("PYTHONPATH", "")])
-        if env:
-            full_env.update(env)
         log = self.world.tmp / f"{next(_ids)}-{label}.log"
         with log.open("wb") as out:
             popen = subprocess.Popen(
@@ -150,7 +164,7 @@ class Namespace:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=stdin,
-                env=full_env,
+                env=child_env(CODE_PATH, env),
                 start_new_session=True,  # a Ctrl-C on the terminal reaches only us
             )
         proc = Proc(popen, log, label)
@@ -158,28 +172,21 @@ class Namespace:
         return proc
 
     def wait_listening(self, port: int, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            out = self.exec("ss", "-Hltn", f"sport = :{port}").stdout
-            if out.strip():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"nothing listens on port {port} in {self.name} after {timeout} s")
+        def listening() -> bool:
+            return bool(self.exec("ss", "-Hltn", f"sport = :{port}").stdout.strip())
+
+        if not _poll(listening, timeout):
+            raise RuntimeError(f"nothing listens on port {port} in {self.name} after {timeout} s")
 
     def wait_link(self, name: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ip("link", "show", name, check=False).returncode == 0:
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"no link {name} in {self.name} after {timeout} s")
+        if not _poll(lambda: self.ip("link", "show", name, check=False).returncode == 0, timeout):
+            raise RuntimeError(f"no link {name} in {self.name} after {timeout} s")
 
     def wait_ping(self, address: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.exec("ping", "-c", "1", "-W", "1", address).returncode == 0:
-                return
-        raise RuntimeError(f"{self.name} cannot reach {address} within {timeout} s")
+        # No pause between tries: a ping that fails has waited its second already.
+        ping = ("ping", "-c", "1", "-W", "1", address)
+        if not _poll(lambda: self.exec(*ping).returncode == 0, timeout, 0):
+            raise RuntimeError(f"{self.name} cannot reach {address} within {timeout} s")
 
 
 class World:
@@ -193,44 +200,23 @@ class World:
         self.tmp = Path(self._tmp.name)
         self._links = itertools.count()
 
-    def __enter__(self) -> World:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.destroy()
-
     def namespace(self, tag: str) -> Namespace:
         name = f"{self.prefix}{tag}"
-        run("ip", "netns", "add", name)
         ns = Namespace(self, name)
-        self.namespaces.append(ns)
-        ns.ip("link", "set", "lo", "up")
+        self.namespaces.append(ns)  # before it is made: destroy() removes it all
+        add_netns(name)
         return ns
 
     def veth(self, a: Namespace, b: Namespace) -> tuple[str, str]:
         """A veth pair between two namespaces; returns the interface names (a side, b side)."""
         n = next(self._links)
         a_if, b_if = f"bv{n}a", f"bv{n}b"
-        run(
-            "ip",
-            "link",
-            "add",
-            a_if,
-            "netns",
-            a.name,
-            "type",
-            "veth",
-            "peer",
-            b_if,
-            "netns",
-            b.name,
-        )
+        add_veth(a.name, a_if, b.name, b_if)
         return a_if, b_if
+
+    def close(self) -> None:
+        """The end of ``with contextlib.closing(World()) as world:`` (see :meth:`destroy`)."""
+        self.destroy()
 
     def destroy(self) -> None:
         """Stop our processes (by PID), then delete our namespaces. Never raises."""
@@ -242,10 +228,7 @@ class World:
                     proc.stop()
             for ns in self.namespaces:
                 # Anything still inside one of our namespaces was started by us.
-                out = run("ip", "netns", "pids", ns.name, check=False).stdout
-                for pid in out.split():
-                    with contextlib.suppress(ProcessLookupError, ValueError):
-                        os.kill(int(pid), signal.SIGKILL)
+                kill_leftovers(ns.name)
             for ns in self.namespaces:
                 run("ip", "netns", "del", ns.name, check=False)
             self.namespaces.clear()
@@ -253,3 +236,125 @@ class World:
             self._tmp.cleanup()
         finally:
             signal.signal(signal.SIGINT, old)
+
+
+# -- building a scenario's world ------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Setup:
+    world: World
+    server_ns: Namespace
+    client_ns: list[Namespace]
+    server: Proc | None
+    clients: list[Proc]
+
+
+def build_c(out_dir: Path) -> Path:
+    """Compile the C reference relay from bench/c with gcc (-O2 -Wall -Wextra)."""
+    if shutil.which("gcc") is None:
+        raise SystemExit("bench: gcc is missing (apt-get install gcc libssl-dev)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exe = out_dir / "minirelay"
+    src = BENCH / "c" / "minirelay.c"
+    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(exe), str(src), "-lcrypto"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0 or result.stderr.strip():
+        raise SystemExit(f"bench: building {src} failed:\n{result.stderr}")
+    return exe
+
+
+def make_bridge(ns: Namespace, mtu: int) -> None:
+    ns.ip("link", "add", BRIDGE, "mtu", str(mtu), "type", "bridge")
+    ns.ip("addr", "add", f"{HOST_IP}/24", "dev", BRIDGE)
+    ns.ip("link", "set", BRIDGE, "up")
+
+
+def uplink(world: World, client: Namespace, server: Namespace, i: int) -> str:
+    """Client ``i``'s veth to the server, 198.18.i.2 to 198.18.i.1; the server's address."""
+    a, b = world.veth(client, server)
+    client.ip("addr", "add", f"198.18.{i}.2/30", "dev", a)
+    server.ip("addr", "add", f"198.18.{i}.1/30", "dev", b)
+    client.ip("link", "set", a, "up")
+    server.ip("link", "set", b, "up")
+    return f"198.18.{i}.1"
+
+
+def wsnic_server(ns: Namespace, t: Transport, mtu: int, *extra: str) -> Proc:
+    argv = [PY, "-m", "wsnic_trio", "--disable-dhcp", "--mtu", str(mtu), *t.server_args(t.port)]
+    proc = ns.start([*argv, *extra], "wsnic-trio")
+    proc.wait_for(r"INFO ready: ", timeout=30)
+    return proc
+
+
+def setup(world: World, sc: Scenario, minirelay: Path) -> Setup:
+    srv = world.namespace("s")
+    clients_ns = [world.namespace("a"), world.namespace("b")]
+    mtu = str(sc.mtu)
+    server: Proc | None = None
+    client_procs: list[Proc] = []
+    if sc.server == "veth":
+        make_bridge(srv, sc.mtu)
+        for ns, ip in zip(clients_ns, CLIENT_IPS, strict=True):
+            a, b = world.veth(ns, srv)
+            srv.ip("link", "set", b, "mtu", mtu, "master", BRIDGE, "up")
+            ns.ip("link", "set", a, "mtu", mtu)
+            ns.ip("addr", "add", f"{ip}/24", "dev", a)
+            ns.ip("link", "set", a, "up")
+    else:
+        t = sc.transport
+        assert t is not None
+        hosts = [uplink(world, ns, srv, i) for i, ns in enumerate(clients_ns, 1)]
+        if sc.server == "c":
+            make_bridge(srv, sc.mtu)
+            argv = [str(minirelay), "server", t.c_framing, str(t.port), BRIDGE, mtu]
+            server = srv.start(argv, "minirelay-server")
+            server.wait_for("listening")
+        else:
+            server = wsnic_server(srv, t, sc.mtu)
+        for ns, ip, host in zip(clients_ns, CLIENT_IPS, hosts, strict=True):
+            if sc.client == "c":
+                argv = [str(minirelay), "client", t.c_framing, host, str(t.port), CLIENT_TAP, mtu]
+                proc = ns.start(argv, "minirelay-client")
+                proc.wait_for("connected")
+            else:
+                argv = [PY, "-m", "wsnic_trio", "connect", t.url(host, t.port)]
+                argv += ["--tap", CLIENT_TAP, "--mtu", mtu]
+                proc = ns.start(argv, "wsnic-trio-connect")
+                proc.wait_for("connected to", timeout=30)
+            client_procs.append(proc)
+            ns.ip("addr", "add", f"{ip}/24", "dev", CLIENT_TAP)
+            ns.ip("link", "set", CLIENT_TAP, "up")
+    for ns in clients_ns:
+        ns.wait_ping(HOST_IP)
+    clients_ns[0].wait_ping(CLIENT_IPS[1])
+    srv.start(["iperf3", "-s", "-B", HOST_IP, "-p", IPERF_PORT], "iperf3-server")
+    clients_ns[1].start(["iperf3", "-s", "-B", CLIENT_IPS[1], "-p", IPERF_PORT], "iperf3-peer")
+    srv.wait_listening(int(IPERF_PORT))
+    clients_ns[1].wait_listening(int(IPERF_PORT))
+    return Setup(world, srv, clients_ns, server, client_procs)
+
+
+def scale_setup(world: World, t: Transport) -> tuple[Namespace, Namespace, Proc]:
+    """The scale test's world: one client namespace, one wsnic-trio server pinging every 1 s.
+
+    Returns the server's namespace, the client's, and the server.
+    """
+    srv, cli = world.namespace("s"), world.namespace("a")
+    uplink(world, cli, srv, 1)
+    # All N clients come from one address at once: the per-address handshake cap
+    # (a defence against silent connections) would close most of them mid-handshake.
+    server = wsnic_server(
+        srv,
+        t,
+        1500,
+        "--ping-interval",
+        "1",
+        "--ping-timeout",
+        "10",
+        "--max-handshakes",
+        "0",
+        "--max-handshakes-per-ip",
+        "0",
+    )
+    return srv, cli, server

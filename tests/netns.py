@@ -83,9 +83,9 @@ def _setns(fd: int) -> None:
         raise OSError(err, f"setns: {os.strerror(err)}")
 
 
-def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """A short set-up command (``ip ...``); its output is returned, failures raise."""
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise RuntimeError(
             f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}"
@@ -192,17 +192,12 @@ class NetNS:
         self, argv: Sequence[str], label: str | None = None, env: dict[str, str] | None = None
     ) -> NsProcess:
         """Run ``argv`` inside this namespace in the background, collecting its output."""
-        full_env = dict(os.environ)
-        full_env["PYTHONUNBUFFERED"] = "1"
-        full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
-        if env:
-            full_env.update(env)
         proc = await trio.lowlevel.open_process(
             ["ip", "netns", "exec", self.name, *argv],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=full_env,
+            env=child_env([str(REPO)], env),
         )
         log = LineLog(label or argv[0])
         nsproc = NsProcess(proc, log)
@@ -332,8 +327,36 @@ async def _pump(proc: trio.Process, log: LineLog) -> None:
         log.close()
 
 
-def _kill_leftovers(name: str) -> None:
-    """SIGKILL processes still inside a namespace this test made (they are the test's own)."""
+# The plain (synchronous) steps below are shared with the benchmark (bench/topology.py),
+# which makes its own namespaces the same way but runs without trio.
+
+
+def add_netns(name: str) -> None:
+    """A new namespace with its loopback up."""
+    run("ip", "netns", "add", name)
+    run("ip", "-n", name, "link", "set", "lo", "up")
+
+
+def add_veth(a: str, a_if: str, b: str, b_if: str) -> None:
+    """A veth pair: ``a_if`` in namespace ``a``, its peer ``b_if`` in namespace ``b``."""
+    run("ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", b_if, "netns", b)
+
+
+def child_env(code: Sequence[str], env: dict[str, str] | None = None) -> dict[str, str]:
+    """Our environment for a child, with ``code`` first on its PYTHONPATH.
+
+    Unbuffered, so that its lines arrive when written, not when it exits.
+    """
+    full_env = dict(os.environ)
+    full_env["PYTHONUNBUFFERED"] = "1"
+    full_env["PYTHONPATH"] = os.pathsep.join([*code, full_env.get("PYTHONPATH", "")])
+    if env:
+        full_env.update(env)
+    return full_env
+
+
+def kill_leftovers(name: str) -> None:
+    """SIGKILL processes still inside a namespace we made (they are our own)."""
     out = run("ip", "netns", "pids", name, check=False).stdout
     for pid in out.split():
         with contextlib.suppress(ProcessLookupError, ValueError):
@@ -363,8 +386,7 @@ class NsFactory:
         ns = NetNS(name, self._nursery)
         self.namespaces.append(ns)  # before anything is made: destroy() removes it all
         _write_netns_etc(name, {"hosts": debian_hosts()})
-        run("ip", "netns", "add", name)
-        ns.ip("link", "set", "lo", "up")
+        add_netns(name)
         if "inet6 ::1/128" not in ns.ip("-6", "addr", "show", "dev", "lo").stdout:
             # IPv6 may be off in new namespaces (the host's sysctl defaults): turn it on
             # in this one, which is the test's own.
@@ -379,20 +401,7 @@ class NsFactory:
         """A veth pair between two namespaces with the given CIDR addresses."""
         n = next(_counter)
         a_if, b_if = f"va{n}", f"vb{n}"
-        run(
-            "ip",
-            "link",
-            "add",
-            a_if,
-            "netns",
-            a.name,
-            "type",
-            "veth",
-            "peer",
-            b_if,
-            "netns",
-            b.name,
-        )
+        add_veth(a.name, a_if, b.name, b_if)
         a.ip("addr", "add", a_addr, "dev", a_if)
         b.ip("addr", "add", b_addr, "dev", b_if)
         a.ip("link", "set", a_if, "up")
@@ -406,7 +415,7 @@ class NsFactory:
                     proc.proc.kill()
                     with trio.move_on_after(10):
                         await proc.proc.wait()
-            _kill_leftovers(ns.name)
+            kill_leftovers(ns.name)
             run("ip", "netns", "del", ns.name, check=False)
             _remove_netns_etc(ns.name)
         self.namespaces.clear()
