@@ -1,10 +1,9 @@
-"""The server: one nursery that owns the LAN, every listener and every peer.
+"""The server: every peer from its admission to its TAP's removal.
 
-Start-up order is explicit and each step is reversible: options that name paths are
-checked first (:mod:`wsnic_trio._preflight`), then listeners are bound (a taken port
-fails before the host is touched; token files and the TLS certificate are read), then
-the bridge is created, then the listeners start accepting. Each peer runs in its own
-nursery inside its listener's task; whatever ends a peer ends that peer alone.
+A transport hands over a pending link; :meth:`Server.handle_peer` decides whether it
+may join, makes its TAP, tells it it joined, and relays until it leaves. Each peer runs
+in its own nursery inside its listener's task; whatever ends a peer ends that peer
+alone. How the server is started (and in which order) is :mod:`wsnic_trio.cli.serve`.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ class TapDevice:
     def kernel_drops(self) -> int:
         """Frames the kernel dropped on their way to us because our queue was full.
 
-        This is where a slow peer's backpressure ends up (see ``_relay``); read from
+        This is where a slow peer's backpressure ends up (see ``core.relay``); read from
         sysfs, which ``ip netns exec`` remounts per namespace.
         """
         try:

@@ -1,6 +1,6 @@
 """The rootless helper's wire protocol: one JSON object per ``SOCK_SEQPACKET`` message.
 
-The server (in the host namespace) and the namespace helper (see ``_nshelper``) talk
+The server (in the host namespace) and the namespace helper (see ``nshelper``) talk
 over a unix seqpacket socketpair, so every message arrives whole or not at all and
 there is no framing to get wrong. The exchange is strictly request then reply, one at a
 time; a reply to ``tap`` carries the TAP's file descriptor as ``SCM_RIGHTS`` ancillary

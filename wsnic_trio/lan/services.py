@@ -7,7 +7,7 @@ the bridge goes. It first clears whatever a killed run of this LAN left behind, 
 order that run made it undone in reverse: its dnsmasq, then its nftables table (restoring
 ``net.ipv4.ip_forward`` from the table's record). Then the LAN's nftables table is set
 up: the host filter always, NAT with ``-i``.
-dnsmasq itself runs in the server's nursery (:func:`wsnic_trio._dnsmasq.serve_dnsmasq`),
+dnsmasq itself runs in the server's nursery (:func:`wsnic_trio.host.dnsmasq.serve_dnsmasq`),
 so it stops before the table and the bridge are undone.
 """
 

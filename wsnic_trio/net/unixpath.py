@@ -15,7 +15,7 @@ they all follow one rule set:
 
 Root binds these before it drops privileges (``--user``), possibly in a directory that
 another user can write. So the directory is opened once, by a walk that follows no
-symlink such a user could have planted (``wsnic_trio._safefs``), and every step after
+symlink such a user could have planted (``wsnic_trio.util.safefs``), and every step after
 that goes through its fd: the stale file is checked and removed there, the socket is
 bound there (by the path itself where nobody else can change the directory, else by
 ``/proc/self/fd/N/NAME``: a directory switched for a symlink meanwhile changes nothing),
