@@ -51,10 +51,14 @@ def test_pyproject_registers_the_builtin_table() -> None:
         assert target == factory, name
 
 
-def _fake_distribution(root: Path, name: str, entry_points: dict[str, str], code: str) -> None:
-    """An installed-looking distribution ``name`` with one module and these entry points."""
+def _fake_distribution(
+    root: Path, name: str, entry_points: dict[str, str], code: str | None
+) -> None:
+    """An installed-looking distribution ``name`` with these entry points and a module
+    of the same name (unless ``code`` is None)."""
     module = name.replace("-", "_")
-    (root / f"{module}.py").write_text(textwrap.dedent(code))
+    if code is not None:
+        (root / f"{module}.py").write_text(textwrap.dedent(code))
     info = root / f"{module}-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
@@ -85,6 +89,15 @@ def test_builtins_first_then_plug_ins_by_name(site: Path) -> None:
     names = _names(load_transports())
     assert names[: len(BUILTIN_NAMES)] == _names(_builtin().values())
     assert names[len(BUILTIN_NAMES) :] == ["plug_good:alpha", "plug_good:zeta"]
+
+
+def test_installed_builtins_come_from_the_entry_points(site: Path) -> None:
+    """With metadata, the distribution's entry points decide (here a wsnic-trio found
+    first on the path that registers two of the names, in the wrong order)."""
+    _fake_distribution(site, "plug-good", {}, GOOD)
+    entries = {"qemu": "plug_good:zeta", "ws": "plug_good:alpha"}
+    _fake_distribution(site, "wsnic-trio", entries, None)
+    assert _names(load_transports()) == ["plug_good:alpha", "plug_good:zeta"]
 
 
 def test_without_own_metadata_the_builtin_table_stands_in(
