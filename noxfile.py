@@ -19,10 +19,11 @@ PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff: lint rules and formatting."""
-    session.install("ruff>=0.6")
+    """ruff: lint rules and formatting; the import-layer contract (tests/test_layers.py)."""
+    session.install("ruff>=0.6", "pytest>=8")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("python", "tests/test_layers.py")
 
 
 @nox.session(python=PYTHON)
