@@ -17,8 +17,27 @@ with SIGKILL. dnsmasq, its only child, gets ``PR_SET_PDEATHSIG`` (reliable here:
 helper forks it from its only thread) and is stopped explicitly as well. With the
 helper and dnsmasq gone, nothing holds the namespace and the kernel frees it.
 
-``--in-place FD`` is the other mode (``--user``, see ``_privsep``): no namespace, real
+``--in-place FD`` is the other mode (``--user``, see ``privsep``): no namespace, real
 root in the server's own network namespace, and the root-mode LAN code run with Trio.
+This helper does not run that code after unsharing (Trio itself would be fine then: it
+starts threads only for ``to_thread``), because little of it holds in a user namespace.
+``serve_dnsmasq`` keeps its run directory under /run/wsnic-trio and checks it and the
+lease file with ``safefs``, whose trust is by owner: here the host's ``/``, ``/run`` and
+``/tmp`` show as the overflow uid 65534, so every path would be refused; this helper
+uses a private directory under $XDG_RUNTIME_DIR (or /tmp), adds dnsmasq options
+(``--user=root``, ``--group=``, ``--no-ping``), and leaves the DNS line to the server,
+which knows the uplink's forwarder. ``lan_services`` is host code: its leftover sweep
+judges namespaces by /proc/PID/ns/net, which other users' processes do not let us read,
+and ``host_filter`` takes the uplink from the default route at set-up, while slirp4netns
+or pasta attach only afterwards (hence ``start``, with ``host_address`` added to the
+allowed addresses). ``probe_lan`` takes the account from ``geteuid()``, 0 in here. The requests
+differ too: ``--in-place`` answers one ``setup`` and then only ``tap``; here ``start``,
+``tap`` and ``connect`` come in any order, and an unshare failure answers all of them.
+Finally, Trio creates a child's ``Popen`` in a worker thread, so ``PR_SET_PDEATHSIG``
+would fire when that thread is retired: the Trio supervisor needs a watchdog process
+per dnsmasq, while one thread forking makes it exact here. What both could share is
+the dnsmasq restart loop (some 75 lines less here), at the price of that watchdog,
+another backoff, and bypassing ``serve_dnsmasq``'s own checks: not worth it.
 """
 
 from __future__ import annotations
