@@ -1,7 +1,7 @@
 """QEMU ``-netdev stream`` front end: unix or TCP listeners, outbound dialling, client dialer.
 
 Wire format (QEMU ``net/stream.c``): a byte stream of frames, each behind a 4-byte
-big-endian length; the rules live in :mod:`transports.stream_protocol`.
+big-endian length; the rules live in :mod:`wsnic_trio.transports.stream_protocol`.
 
 Liveness: a stream peer ends at EOF or a reset; TCP sockets get keepalive. A stream has
 no ping, so one more rule protects the server from a client that starts a frame and

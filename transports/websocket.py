@@ -2,7 +2,7 @@
 
 Wire format (wsnic-compatible): any path; each binary message is one Ethernet frame in
 either direction; nothing else is ever sent as data. The handshake and framing rules
-live in :mod:`transports.websocket_protocol`; this module only moves bytes.
+live in :mod:`wsnic_trio.transports.websocket_protocol`; this module only moves bytes.
 """
 
 from __future__ import annotations

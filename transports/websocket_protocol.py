@@ -1,7 +1,7 @@
 """Sans-IO WebSocket for Ethernet frames: bytes in, frames out, bytes to send.
 
-Two layers: the opening handshake (:mod:`transports.websocket_handshake`, HTTP by h11)
-and the framing after it (:mod:`transports.websocket_frames`). This class adds what is
+Two layers: the opening handshake (:mod:`wsnic_trio.transports.websocket_handshake`, HTTP by h11)
+and the framing after it (:mod:`wsnic_trio.transports.websocket_frames`). This class adds what is
 specific to carrying Ethernet: one *binary* message is one frame, text is refused,
 messages are limited to the frame size, runts are dropped and counted, pings are
 answered, and every way a connection can end is recorded in :attr:`closed`. No sockets

@@ -38,7 +38,7 @@ _CARRIER_TIMEOUT = 3.0
 
 class LanBackend(Protocol):
     """What the server needs of a LAN: a TAP fd on it for each peer. :class:`Lan` makes
-    them itself (root mode); ``_rootless.HelperLan`` gets them from a helper process
+    them itself (root mode); ``lan.rootless.HelperLan`` gets them from a helper process
     (rootless mode, and root mode with ``--user``)."""
 
     config: Config

@@ -6,7 +6,7 @@ threads. So the server starts this helper, which first unshares a user, network 
 mount namespace, maps its own uid and gid to root there, and mounts a sysfs that shows
 its own network namespace. As that namespace's root it builds the bridge, the NAT
 rules and dnsmasq, and creates a TAP for each peer on request, passing the fd to the
-server over the seqpacket socket ``FD`` (see ``_nsproto``) and keeping no copy: a TAP
+server over the seqpacket socket ``FD`` (see ``nsproto``) and keeping no copy: a TAP
 lives exactly as long as the server's fd. At ``setup`` it makes and removes one TAP
 first, so that a /dev/net/tun the user may not open stops start-up with one line
 (the server exits 2) instead of failing every client later.

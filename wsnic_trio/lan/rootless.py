@@ -1,9 +1,9 @@
 """Rootless mode: the same LAN, built by a namespace helper for an unprivileged user.
 
-:class:`RootlessLan` has the interface of :class:`~wsnic_trio._lan.Lan` (an async
+:class:`RootlessLan` has the interface of :class:`~wsnic_trio.lan.bridge.Lan` (an async
 context manager with ``open_tap()``), so the server and the relay code do not know
 which one they use. The server itself never changes namespace: its listeners and
-sockets stay where it was started. The helper (``_nshelper``, a fresh single-threaded
+sockets stay where it was started. The helper (``lan.nshelper``, a fresh single-threaded
 process) owns a user + network namespace with the bridge, NAT and dnsmasq in it, and
 sends each TAP back as a file descriptor. The uplink (slirp4netns, or pasta) is
 started here, in the host namespace, against the helper's pid.
@@ -199,15 +199,15 @@ class _Uplink:
 
 
 class HelperLan:
-    """A LAN whose bridge, NAT and dnsmasq belong to a helper process (``_nshelper``);
+    """A LAN whose bridge, NAT and dnsmasq belong to a helper process (``lan.nshelper``);
     the server asks it for each TAP and gets the fd over a seqpacket socketpair.
 
     Two kinds: :class:`RootlessLan` (the helper unshares a user + network namespace) and
-    ``_privsep.SeparatedLan`` (``--user``: the helper stays root in the server's own
+    ``lan.privsep.SeparatedLan`` (``--user``: the helper stays root in the server's own
     namespace while the server drops its privileges). ``config`` is the effective one.
     """
 
-    #: Extra arguments of ``python -m wsnic_trio._nshelper`` before the fd number.
+    #: Extra arguments of ``python -m wsnic_trio.lan.helper`` before the fd number.
     helper_flags: tuple[str, ...] = ()
     #: What the helper is called in error messages.
     helper_name = "helper"
@@ -344,7 +344,7 @@ class RootlessLan(HelperLan):
 
     async def open_remote(self, protocol: str, host: str, port: int) -> trio.socket.SocketType:
         """A socket connected to ``host:port`` from inside the LAN's namespace: the
-        remote side of a port forward (see ``_forward``), made by the helper.
+        remote side of a port forward (see ``control.forward``), made by the helper.
 
         TCP: the helper hands the socket over while its connect is in progress; here we
         wait until it is writable and read ``SO_ERROR`` (the caller bounds the wait).
