@@ -33,10 +33,42 @@ def test_token_file_comments_and_blank_lines(tmp_path: Path) -> None:
     assert not tokens.valid("alpha") and not tokens.valid("") and not tokens.valid("# classroom A")
 
 
-@pytest.mark.parametrize(("text", "message"), [("# none\n\n", "no tokens"), ("a b\n", "spaces")])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("# none\n\n", "no tokens"),
+        ("a b c\n", "spaces"),
+        ("a Lab3\n", r"tokens:1: 'Lab3': a LAN name is 1 to 32 lowercase"),
+        ("a x,,y\n", "a LAN name"),
+        ("a\x07b\n", "control characters"),
+    ],
+)
 def test_bad_token_files(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         store(tmp_path, text)
+
+
+def test_a_token_opens_the_lans_its_line_names(tmp_path: Path) -> None:
+    tokens = store(tmp_path, "teacher\nalice class3\nbob class4,default  # two labs\n")
+    adm = Admission(tokens)
+
+    def status(token: str, lan: str | None) -> int | None:
+        refused = adm.check(AdmissionRequest("ws", "10.0.0.1", (token,), lan=lan))
+        return None if refused is None else refused.http_status
+
+    assert status("teacher", "class3") is None and status("teacher", None) is None
+    assert status("alice", "class3") is None
+    assert status("bob", "class4") is None and status("bob", None) is None
+    wrong = adm.check(AdmissionRequest("ws", "10.0.0.1", ("alice",), lan="class4"))
+    assert wrong is not None and wrong.http_status == 403 and wrong.kind == "lan"
+    assert "does not open LAN class4" in wrong.reason
+    assert status("alice", None) == 403  # the default LAN is "default"
+    # A valid token on the wrong LAN is not a guess: it costs no login try.
+    for _ in range(20):
+        status("alice", "class4")
+    assert not adm.limiter.blocked("10.0.0.1")
+    # Two candidates: one for this LAN is enough.
+    assert adm.check(AdmissionRequest("ws", "10.0.0.1", ("alice", "bob"), lan="class4")) is None
 
 
 def test_reload_failure_keeps_old_tokens(tmp_path: Path) -> None:

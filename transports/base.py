@@ -135,6 +135,9 @@ class AdmissionRequest:
     #: The WebSocket ``Origin`` header as sent (browsers always send one); None when the
     #: client sent none (scripts, v86 in Node) or the transport has no such thing.
     origin: str | None = None
+    #: The LAN the client asks for (a WebSocket path ``/lan/NAME``, a VM listener's LAN);
+    #: None: the default LAN.
+    lan: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from wsnic_trio.config.lans import DEFAULT_LAN, check_lan_name
 from wsnic_trio.config.origins import OriginPattern
 from wsnic_trio.errors import ConfigError
 from wsnic_trio.transports.base import AdmissionRequest, Rejection
@@ -23,12 +24,20 @@ from wsnic_trio.util.text import printable
 __all__ = ["Admission", "FailureLimiter", "TokenStore"]
 
 
+#: The scope of a token that names no LANs: it opens every LAN.
+EVERY_LAN: frozenset[str] = frozenset({"*"})
+
+
 class TokenStore:
-    """Accepted tokens, one per line in a file (``#`` starts a comment)."""
+    """Accepted tokens, one per line in a file (``#`` starts a comment).
+
+    A line may name the LANs its token opens after it: ``TOKEN class3,class4``. A token
+    without a list opens every LAN (and is what a one-LAN server's file holds).
+    """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._tokens: tuple[bytes, ...] = ()
+        self._tokens: tuple[tuple[bytes, frozenset[str]], ...] = ()
 
     @property
     def enabled(self) -> bool:
@@ -47,21 +56,44 @@ class TokenStore:
             line = raw.split("#", 1)[0].strip()
             if not line:
                 continue
-            if any(c.isspace() for c in line) or not line.isprintable():
-                raise ConfigError(f"{self.path}:{number}: a token may not contain spaces")
-            tokens.append(line.encode())
+            where = f"{self.path}:{number}"
+            if not line.isprintable():
+                raise ConfigError(f"{where}: a token may not contain control characters")
+            token, *rest = line.split()
+            if len(rest) > 1:
+                raise ConfigError(
+                    f"{where}: a token may not contain spaces; write TOKEN or TOKEN LAN,LAN"
+                )
+            scope = EVERY_LAN
+            if rest:
+                try:
+                    scope = frozenset(check_lan_name(n) for n in rest[0].split(","))
+                except ValueError as exc:
+                    raise ConfigError(f"{where}: {exc}") from None
+            tokens.append((token.encode(), scope))
         if not tokens:
             raise ConfigError(f"{self.path}: no tokens in the file (one per line)")
         self._tokens = tuple(tokens)
         return len(tokens)
 
-    def valid(self, token: str) -> bool:
-        """Constant-time comparison against every token (no early exit)."""
+    def scope(self, token: str) -> frozenset[str] | None:
+        """The LANs a token opens (:data:`EVERY_LAN` for all), None for no valid token.
+
+        Constant-time comparison against every token (no early exit).
+        """
         given = token.encode()
-        ok = False
-        for known in self._tokens:
-            ok |= hmac.compare_digest(given, known)
-        return ok
+        found: frozenset[str] | None = None
+        for known, scope in self._tokens:
+            if hmac.compare_digest(given, known):
+                found = scope if found is None else found | scope
+        return found
+
+    def valid(self, token: str) -> bool:
+        return self.scope(token) is not None
+
+
+def opens(scope: frozenset[str], lan: str) -> bool:
+    return "*" in scope or lan in scope
 
 
 #: How long each login from a braked address waits for its verdict, in seconds.
@@ -191,8 +223,9 @@ class Admission:
             # Check every candidate (no short cut), so timing says nothing about which.
             # A valid one is let in even from a braked address: others' failures there
             # must not keep it out (the wait before this check is the brake).
-            valid = [self.tokens.valid(token) for token in request.tokens]
-            if not any(valid):
+            scopes = [self.tokens.scope(token) for token in request.tokens]
+            valid = [scope for scope in scopes if scope is not None]
+            if not valid:
                 if ip is not None:
                     self.limiter.failed(ip)
                 if braked:
@@ -204,6 +237,10 @@ class Admission:
                         1008,
                     )
                 return Rejection(403, "invalid token", 1008)
+            lan = request.lan or DEFAULT_LAN
+            if not any(opens(scope, lan) for scope in valid):
+                # A valid token on the wrong LAN: not a guess, so no login try is spent.
+                return Rejection(403, f"this token does not open LAN {lan}", 1008, "lan")
         if self.max_clients and self.clients >= self.max_clients:
             return Rejection(503, f"server full ({self.max_clients} clients)", 1013)
         if (
