@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -30,6 +31,7 @@ import trio
 
 from wsnic_trio.config.endpoints import ApiEndpoint
 from wsnic_trio.core import FailureLimiter, TokenStore
+from wsnic_trio.host.paths import RUN_ROOT, make_run_root, release_run_root
 from wsnic_trio.net.addresses import bind_all_addresses, peer_address
 from wsnic_trio.net.listen import HandshakeGate, Pending, bind_all
 from wsnic_trio.net.unixpath import UnixPath, bind_unix
@@ -50,7 +52,6 @@ __all__ = [
 
 log = logging.getLogger("wsnic_trio.api")
 
-RUN_ROOT = "/run/wsnic-trio"
 #: Connections one API listener serves at once: every unix one, and on TCP those that
 #: have authenticated.
 MAX_CONNECTIONS = 64
@@ -96,18 +97,15 @@ class ApiListener:
     def close(self) -> None:
         if self.unix is not None:
             self.unix.close()
-            with contextlib.suppress(OSError):
-                os.rmdir(RUN_ROOT)  # only when empty: another LAN may still use it
+            release_run_root()  # only when empty: another LAN may still use it
         elif self.sock.fileno() != -1:
             self.sock.close()
 
 
 def _bind_one(endpoint: ApiEndpoint) -> ApiListener:
     if endpoint.kind == "unix":
-        directory = os.path.dirname(os.path.abspath(endpoint.path))
-        if directory == RUN_ROOT and not os.path.isdir(directory):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(directory, 0o755)
+        if Path(os.path.abspath(endpoint.path)).parent == RUN_ROOT:
+            make_run_root()
         unix = bind_unix(endpoint.path, socket.SOCK_STREAM, 0o600, "control API")
         return ApiListener(endpoint, unix.sock, unix)
     # The API's TCP host is an IP address (names are refused when parsed): one socket.
