@@ -7,7 +7,7 @@ helper as rootless mode, but it stays real root in the server's own network name
 with its leftover detection and "not ours" refusal, :func:`lan_services` with NAT and
 the ``ip_forward`` record and restore, the supervised dnsmasq with its restarts), and
 hands the server a TAP fd per peer over the seqpacket socket, exactly as in rootless
-mode (``_nsproto``); it tries one TAP before it reports the LAN ready, and after set-up
+mode (``nsproto``); it tries one TAP before it reports the LAN ready, and after set-up
 it answers nothing but ``tap``. Then the server drops every privilege for good:
 supplementary groups, gid, uid (glibc applies ``setuid`` to every thread, which matters
 because Trio makes netlink calls from worker threads), and checks that no thread kept a
