@@ -408,6 +408,14 @@ class NsFactory:
         b.ip("link", "set", b_if, "up")
         return a_if, b_if
 
+    def routed(self) -> tuple[NetNS, NetNS]:
+        """A server namespace ("srv") whose default route is a veth to an upstream
+        namespace ("up", 198.18.1.2): the uplink that NAT and upstream DNS need."""
+        srv, upstream = self.new("srv"), self.new("up")
+        self.link(srv, "198.18.1.1/30", upstream, "198.18.1.2/30")
+        srv.ip("route", "add", "default", "via", "198.18.1.2")
+        return srv, upstream
+
     async def destroy(self) -> None:
         for ns in self.namespaces:
             for proc in ns.processes:

@@ -23,11 +23,14 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import trio
 from packaging.requirements import Requirement
 
+from .conftest import require
+from .lanhost import require_tools
 from .netns import REPO, NetNS, NsProcess, run
 
 DEBIAN_PYTHON = "/usr/bin/python3"
@@ -141,6 +144,29 @@ def temp_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+#: For :func:`require_user_tools`: the tests that create throw-away users themselves.
+USERADD = ("useradd", "useradd (passwd)")
+
+
+def require_user_tools(*commands: tuple[str, str]) -> None:
+    """Skip unless the LAN tools, setpriv, Debian's python3 and each ``(command, what is
+    missing)`` of ``commands`` are there."""
+    require_tools()
+    for command, missing in (("setpriv", "setpriv (util-linux)"), *commands):
+        require(shutil.which(command) is not None, f"{missing} is not installed")
+    require(os.access(DEBIAN_PYTHON, os.X_OK), f"{DEBIAN_PYTHON} is missing")
+
+
+@contextlib.asynccontextmanager
+async def user_runtime(*commands: tuple[str, str]) -> AsyncIterator[Path]:
+    """A temporary directory other users can read, with the code a test user's server
+    runs (:func:`make_runtime`); skipped as :func:`require_user_tools` says."""
+    require_user_tools(*commands)
+    with temp_dir() as path:
+        await trio.to_thread.run_sync(make_runtime, path)
+        yield path
 
 
 class ThrowawayUser:
@@ -286,6 +312,28 @@ async def start_rootless(
     proc = await launch_rootless(ns, user, runtime, *args, label=label)
     await proc.log.wait_for(r"INFO ready: ", timeout=40)
     return proc
+
+
+async def run_as_user(
+    ns: NetNS, user: ThrowawayUser, runtime: Path, *args: str
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``wsnic-trio ARGS`` as ``user`` in ``ns`` (its uid and group, a clean
+    environment, from /) to the end: for what is refused before any set-up."""
+    return await ns.exec(
+        "setpriv",
+        f"--reuid={user.uid}",
+        f"--regid={user.uid}",
+        "--clear-groups",
+        "env",
+        "-i",
+        "-C",
+        "/",
+        f"PYTHONPATH={runtime / 'site'}",
+        DEBIAN_PYTHON,
+        "-m",
+        "wsnic_trio",
+        *args,
+    )
 
 
 def helper_pid(proc: NsProcess) -> int:

@@ -3,25 +3,10 @@ and when the reconnect backoff starts over, against a fake WebSocket server."""
 
 from __future__ import annotations
 
-import sys
-
 import trio
 
 from .netns import NsFactory
-from .test_connect_faults import rst, upgrade
-
-
-def connect_argv(port: int, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "wsnic_trio",
-        "connect",
-        f"ws://127.0.0.1:{port}/",
-        "--tap",
-        "lan0",
-        *extra,
-    ]
+from .test_connect_faults import connect_argv, listen_local, rst, upgrade
 
 
 async def test_once_exits_2_when_no_connection_is_made(world: NsFactory) -> None:
@@ -41,11 +26,8 @@ async def test_once_exits_2_when_no_connection_is_made(world: NsFactory) -> None
 
 async def test_once_exits_0_after_a_connection_that_was_up(world: NsFactory) -> None:
     ns = world.new("c")
-    raw = ns.socket()
-    raw.bind(("127.0.0.1", 0))
-    raw.listen(1)
-    port = raw.getsockname()[1]
-    with trio.socket.from_stdlib_socket(raw) as listener:
+    listener, port = listen_local(ns, 1)
+    with listener:
         tool = await ns.start(connect_argv(port, "--once"), label="connect")
         with trio.fail_after(30):
             conn, _ = await listener.accept()
@@ -61,10 +43,7 @@ async def test_once_exits_0_after_a_connection_that_was_up(world: NsFactory) -> 
 async def test_backoff_starts_over_after_a_session_that_stayed_up(world: NsFactory) -> None:
     """Drops right after the handshake back off; a drop after 5 s up waits 0.5 s again."""
     ns = world.new("c")
-    raw = ns.socket()
-    raw.bind(("127.0.0.1", 0))
-    raw.listen(8)
-    port = raw.getsockname()[1]
+    listener, port = listen_local(ns, 8)
     tool = await ns.start(connect_argv(port, "--retry-max", "4"), label="connect")
 
     async def session(hold: float) -> float:
@@ -80,7 +59,7 @@ async def test_backoff_starts_over_after_a_session_that_stayed_up(world: NsFacto
         found = await tool.log.wait_for(r"reconnecting in ([\d.]+) s", start=mark)
         return float(found.group(1))
 
-    with trio.socket.from_stdlib_socket(raw) as listener:
+    with listener:
         # A server that takes the connection and drops it at once: the waits grow.
         assert [await session(0) for _ in range(4)] == [0.5, 1.0, 2.0, 4.0]
         assert await session(0) == 4.0, "--retry-max caps the wait"

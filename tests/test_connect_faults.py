@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from . import packets as pk
-from .netns import NsFactory
+from .netns import NetNS, NsFactory
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 FRAME = pk.probe_frame(pk.BROADCAST, pk.mac("02:00:00:00:0c:01"), b"from the fake server")
@@ -84,27 +84,33 @@ async def hang_up_mid_frame(conn: trio.socket.SocketType) -> None:
             pass
 
 
-async def test_connect_survives_a_server_that_vanishes_at_any_moment(world: NsFactory) -> None:
-    ns = world.new("c")
+def connect_argv(port: int, *extra: str) -> list[str]:
+    """``wsnic-trio connect`` to a WebSocket server on 127.0.0.1:``port``, TAP lan0."""
+    return [
+        sys.executable,
+        "-m",
+        "wsnic_trio",
+        "connect",
+        f"ws://127.0.0.1:{port}/",
+        "--tap",
+        "lan0",
+        *extra,
+    ]
+
+
+def listen_local(ns: NetNS, backlog: int) -> tuple[trio.socket.SocketType, int]:
+    """A TCP listener on 127.0.0.1 of ``ns`` at a free port, and that port."""
     raw = ns.socket()
     raw.bind(("127.0.0.1", 0))
-    raw.listen(8)
-    port = raw.getsockname()[1]
-    listener = trio.socket.from_stdlib_socket(raw)
-    tool = await ns.start(
-        [
-            sys.executable,
-            "-m",
-            "wsnic_trio",
-            "connect",
-            f"ws://127.0.0.1:{port}/",
-            "--tap",
-            "lan0",
-            "--retry-max",
-            "1",
-        ],
-        label="connect",
-    )
+    raw.listen(backlog)
+    port: int = raw.getsockname()[1]
+    return trio.socket.from_stdlib_socket(raw), port
+
+
+async def test_connect_survives_a_server_that_vanishes_at_any_moment(world: NsFactory) -> None:
+    ns = world.new("c")
+    listener, port = listen_local(ns, 8)
+    tool = await ns.start(connect_argv(port, "--retry-max", "1"), label="connect")
     behaviours: list[Callable[[trio.socket.SocketType], Awaitable[None]]] = [
         reset_during_handshake,
         garbage_answer,

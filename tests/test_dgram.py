@@ -5,17 +5,29 @@ from __future__ import annotations
 import trio
 
 from . import packets as pk
-from .netns import NsFactory
+from .netns import NetNS, NsFactory, NsProcess
 from .vmclients import (
     PacketClient,
     arp_bridge,
+    burst,
+    disconnect_line,
     exists,
     frame_to,
+    ping3,
+    start_connects,
+    stop_all,
+    survivor_unharmed,
     taps,
     wait_fds,
     wait_taps,
-    wsnic,
 )
+
+
+async def _server(world: NsFactory, sockdir: str, *args: str) -> tuple[NetNS, str, NsProcess]:
+    """A server in namespace "srv" taking datagram peers on ``sockdir``/vm.sock."""
+    ns = world.new("srv")
+    path = f"{sockdir}/vm.sock"
+    return ns, path, await ns.start_wsnic("--dgram", path, *args)
 
 
 async def test_vfkit_and_qemu_dgram_clients_share_one_socket(
@@ -36,24 +48,18 @@ async def test_vfkit_and_qemu_dgram_clients_share_one_socket(
     await wait_taps(ns, 2)
     await server.log.wait_for(rf"connected: dgram unix:{sockdir}/vfkit\.sock on wstap")
     await server.log.wait_for(rf"connected: dgram unix:{sockdir}/qemu\.sock on wstap")
-    await vfkit.send(*[frame_to(q_mac, v_mac, b"v%d" % i, size=1514) for i in range(5)])
-    for i in range(5):
-        got = await qemu.receive_until(lambda f: f[6:12] == v_mac and f[12:14] == b"\x88\xb5")
-        assert got[14 : 14 + len(b"v%d" % i)] == b"v%d" % i and len(got) == 1514
+    await burst(vfkit, qemu, v_mac, q_mac, b"v", 5)
     vfkit.close()
     qemu.close()
     assert await server.stop() == 0
     assert not exists(path)
-    line = server.log.find(r"client 1 disconnected.*")
-    assert line is not None and "runt" not in line.group(0), "VFKT is not counted as a frame"
+    assert "runt" not in disconnect_line(server), "VFKT is not counted as a frame"
 
 
 async def test_datagrams_without_a_source_address_are_dropped_and_logged_once(
     world: NsFactory, sockdir: str
 ) -> None:
-    ns = world.new("srv")
-    path = f"{sockdir}/vm.sock"
-    server = await ns.start_wsnic("--dgram", path)
+    ns, path, server = await _server(world, sockdir)
     unnamed = await PacketClient.dgram(path, None)
     me = pk.mac("02:00:00:00:0a:01")
     for _ in range(5):
@@ -72,9 +78,7 @@ async def test_datagrams_without_a_source_address_are_dropped_and_logged_once(
 async def test_peer_limit_caps_taps_for_a_flood_of_source_addresses(
     world: NsFactory, sockdir: str
 ) -> None:
-    ns = world.new("srv")
-    path = f"{sockdir}/vm.sock"
-    server = await ns.start_wsnic("--dgram", path, "--dgram-max-peers", "3")
+    ns, path, server = await _server(world, sockdir, "--dgram-max-peers", "3")
     baseline = server.fd_count()
     clients = []
     for i in range(12):
@@ -101,9 +105,7 @@ async def test_peer_limit_caps_taps_for_a_flood_of_source_addresses(
 async def test_idle_peer_is_dropped_and_comes_back_as_a_new_peer(
     world: NsFactory, sockdir: str
 ) -> None:
-    ns = world.new("srv")
-    path = f"{sockdir}/vm.sock"
-    server = await ns.start_wsnic("--dgram", path, "--dgram-idle-timeout", "1")
+    ns, path, server = await _server(world, sockdir, "--dgram-idle-timeout", "1")
     baseline = server.fd_count()
     other_mac, me = pk.mac("02:00:00:00:0b:01"), pk.mac("02:00:00:00:0a:01")
     client = await PacketClient.dgram(path, f"{sockdir}/vm1.sock")
@@ -122,9 +124,7 @@ async def test_idle_peer_is_dropped_and_comes_back_as_a_new_peer(
 
 
 async def test_a_vanished_peer_ends_at_the_next_send(world: NsFactory, sockdir: str) -> None:
-    ns = world.new("srv")
-    path = f"{sockdir}/vm.sock"
-    server = await ns.start_wsnic("--dgram", path, "--dgram-idle-timeout", "600")
+    ns, path, server = await _server(world, sockdir, "--dgram-idle-timeout", "600")
     good_mac, gone_mac = pk.mac("02:00:00:00:0a:01"), pk.mac("02:00:00:00:0b:01")
     good = await PacketClient.dgram(path, f"{sockdir}/good.sock")
     await arp_bridge(good, good_mac, "192.168.86.10")
@@ -138,10 +138,7 @@ async def test_a_vanished_peer_ends_at_the_next_send(world: NsFactory, sockdir: 
         while not server.log.find(r"client 2 disconnected \(peer socket is gone"):
             await good.send(frame_to(pk.BROADCAST, good_mac, b"anyone?"))
             await trio.sleep(0.1)
-    await wait_taps(ns, 1)
-    await wait_fds(server, baseline)
-    await arp_bridge(good, good_mac, "192.168.86.10")
-    assert not server.log.find(r"client 1 disconnected")
+    await survivor_unharmed(ns, server, good, good_mac, baseline)
     good.close()
     assert await server.stop() == 0
 
@@ -149,9 +146,7 @@ async def test_a_vanished_peer_ends_at_the_next_send(world: NsFactory, sockdir: 
 async def test_empty_and_oversize_datagrams_of_a_peer_are_dropped_and_counted(
     world: NsFactory, sockdir: str
 ) -> None:
-    ns = world.new("srv")
-    path = f"{sockdir}/vm.sock"
-    server = await ns.start_wsnic("--dgram", path)
+    ns, path, server = await _server(world, sockdir)
     me = pk.mac("02:00:00:00:0a:01")
     client = await PacketClient.dgram(path, f"{sockdir}/vm.sock2")
     await arp_bridge(client, me, "192.168.86.10")
@@ -159,9 +154,8 @@ async def test_empty_and_oversize_datagrams_of_a_peer_are_dropped_and_counted(
     await arp_bridge(client, me, "192.168.86.10")
     client.close()
     assert await server.stop() == 0
-    line = server.log.find(r"client 1 disconnected.*")
-    assert line is not None
-    assert "oversize 1" in line.group(0) and "runt 1" in line.group(0), line.group(0)
+    line = disconnect_line(server)
+    assert "oversize 1" in line and "runt 1" in line, line
     await wait_taps(ns, 0)
 
 
@@ -170,16 +164,11 @@ async def test_connect_tool_over_vfkit_and_dgram(world: NsFactory, sockdir: str)
     srv = world.new("srv")
     ns_a, ns_b = world.new("a"), world.new("b")
     await srv.start_wsnic("--dgram", f"{sockdir}/vm.sock")
-    procs = []
-    for ns, url, ip in (
-        (ns_a, f"vfkit:{sockdir}/vm.sock", "192.168.86.10"),
-        (ns_b, f"dgram:{sockdir}/vm.sock", "192.168.86.11"),
-    ):
-        proc = await ns.start([*wsnic(), "connect", url, "--tap", "lan0"], label=url)
-        await proc.log.wait_for(r"connected to ")
-        ns.ip("addr", "add", f"{ip}/24", "dev", "lan0")
-        procs.append(proc)
-    result = await ns_a.exec("ping", "-c", "3", "-i", "0.2", "-W", "2", "192.168.86.11")
-    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
-    for proc in procs:
-        assert await proc.stop() == 0
+    procs = await start_connects(
+        [
+            (ns_a, f"vfkit:{sockdir}/vm.sock", "192.168.86.10"),
+            (ns_b, f"dgram:{sockdir}/vm.sock", "192.168.86.11"),
+        ]
+    )
+    await ping3(ns_a, "192.168.86.11")
+    await stop_all(procs)

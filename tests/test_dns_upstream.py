@@ -93,11 +93,15 @@ async def _world(world: NsFactory) -> tuple[NetNS, NetNS, NsProcess]:
     """The server's namespace, routed to an upstream namespace that runs "the
     Internet's" resolver on 198.18.1.2."""
     require_tools()
-    srv, up = world.new("srv"), world.new("up")
-    world.link(srv, "198.18.1.1/30", up, "198.18.1.2/30")
-    srv.ip("route", "add", "default", "via", "198.18.1.2")
+    srv, up = world.routed()
     responder = await start_responder(up, "198.18.1.2", f"{OUTSIDE}={OUTSIDE_IP}")
     return srv, up, responder
+
+
+async def _guest(world: NsFactory, srv: NetNS, tmp_path: Path) -> tuple[LanClient, dict[str, str]]:
+    """A client on the LAN that took a lease as host name "guest"; and that lease."""
+    client = await add_client(world, srv, tmp_path, 0, "guest")
+    return client, await client.dhcp("guest")
 
 
 async def test_inet_forwards_outside_names_to_the_hosts_resolver(
@@ -113,8 +117,7 @@ async def test_inet_forwards_outside_names_to_the_hosts_resolver(
         r"DNS: forwarding non-LAN names to 198\.18\.1\.2 \(from /etc/resolv\.conf, re-read "
         rf"when it changes\) \(ignoring {re.escape(BRIDGE)}: that is this LAN's own dnsmasq\)"
     ), server.log.text()
-    client = await add_client(world, srv, tmp_path, 0, "guest")
-    lease = await client.dhcp("guest")
+    client, lease = await _guest(world, srv, tmp_path)
 
     # LAN names and the LAN's reverse zone: answered (or refused) by dnsmasq alone.
     for name in ("guest", "guest.lan"):
@@ -143,8 +146,7 @@ async def test_without_inet_lan_names_only(world: NsFactory, tmp_path: Path) -> 
     with resolv_conf(srv, "nameserver 198.18.1.2\n"):
         server = await srv.start_wsnic("-a", "0.0.0.0", "-s", SUBNET)
     assert server.log.find(r"DNS: LAN names only \(no --enable-inet, no --dns-upstream\)")
-    client = await add_client(world, srv, tmp_path, 0, "guest")
-    lease = await client.dhcp("guest")
+    client, lease = await _guest(world, srv, tmp_path)
     found, text = await lookup(client, "guest.lan")
     assert found and answered(text, lease["ip"]), text
     found, text = await lookup(client, OUTSIDE)
@@ -163,8 +165,7 @@ async def test_dns_upstream_wins_over_resolv_conf(world: NsFactory, tmp_path: Pa
             "-a", "0.0.0.0", "-i", "-s", SUBNET, "--dns-upstream", "198.18.1.6"
         )
     assert server.log.find(r"DNS: forwarding non-LAN names to 198\.18\.1\.6 \(--dns-upstream\)")
-    client = await add_client(world, srv, tmp_path, 0, "guest")
-    await client.dhcp("guest")
+    client, _ = await _guest(world, srv, tmp_path)
     found, text = await lookup(client, OUTSIDE)
     assert found and answered(text, "198.51.100.66"), text
     assert queries(chosen), "the --dns-upstream server was asked"
@@ -181,8 +182,7 @@ async def test_a_stub_resolver_on_loopback_serves_the_lan(world: NsFactory, tmp_
     with resolv_conf(srv, "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch .\n"):
         server = await srv.start_wsnic("-a", "0.0.0.0", "-i")
     assert server.log.find(r"DNS: forwarding non-LAN names to 127\.0\.0\.53 \(from /etc/resolv")
-    client = await add_client(world, srv, tmp_path, 0, "guest")
-    await client.dhcp("guest")
+    client, _ = await _guest(world, srv, tmp_path)
     found, text = await lookup(client, OUTSIDE, "192.168.86.1")
     assert found and answered(text, OUTSIDE_IP), text
     assert f"query {OUTSIDE} A" in queries(stub)
@@ -199,8 +199,7 @@ async def test_no_name_server_listed_keeps_lan_names(world: NsFactory, tmp_path:
         r"WARNING .*DNS: /etc/resolv\.conf lists no usable name server, so only LAN names "
         r"resolve for now"
     ), server.log.text()
-    client = await add_client(world, srv, tmp_path, 0, "guest")
-    lease = await client.dhcp("guest")
+    client, lease = await _guest(world, srv, tmp_path)
     found, text = await lookup(client, "guest.lan", "192.168.86.1")
     assert found and answered(text, lease["ip"]), text
     found, text = await lookup(client, OUTSIDE, "192.168.86.1")

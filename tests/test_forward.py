@@ -38,6 +38,26 @@ async def udp_roundtrip(ns: NetNS, port: int, payload: bytes) -> bytes:
     raise AssertionError("no UDP answer through the forward")
 
 
+async def tcp_and_udp_to_the_guest(ns: NetNS, sock: str, guest_ip: str) -> tuple[bytes, str]:
+    """The forward at 127.0.0.1:2222 carries TCP to and from the guest's echo, more than
+    one socket buffer, half-close passed on; a UDP forward added through the API (port 0:
+    any free port) to its port 7001 carries a datagram both ways. The TCP payload and the
+    UDP forward's local address."""
+    payload = bytes(range(256)) * 1024
+    assert await tcp_roundtrip(ns, 2222, payload) == b"guest-web tcp " + payload
+    reply = await api(
+        sock,
+        "POST",
+        "/forwards",
+        {"local": "127.0.0.1:0", "remote": f"{guest_ip}:7001", "protocol": "udp"},
+    )
+    assert reply.status == 201, reply
+    udp_local: str = reply.json()["local"]
+    udp_port = int(udp_local.rpartition(":")[2])
+    assert await udp_roundtrip(ns, udp_port, b"ping 1") == b"guest-web udp ping 1"
+    return payload, udp_local
+
+
 async def test_tcp_and_udp_forwards_to_a_guest(world: NsFactory, tmp_path: Path) -> None:
     require_tools()
     require_curl()
@@ -52,22 +72,9 @@ async def test_tcp_and_udp_forwards_to_a_guest(world: NsFactory, tmp_path: Path)
     lease = await guest.dhcp("web")
     await start_echo(guest.ns, "guest-web")
 
-    # TCP, by name, both ways, with more than one socket buffer of data.
-    payload = bytes(range(256)) * 1024
-    assert await tcp_roundtrip(srv, 2222, payload) == b"guest-web tcp " + payload
-
-    # UDP, added through the API, by address; port 0 asks for any free port.
-    reply = await api(
-        sock,
-        "POST",
-        "/forwards",
-        {"local": "127.0.0.1:0", "remote": f"{lease['ip']}:7001", "protocol": "udp"},
-    )
-    assert reply.status == 201, reply
-    udp_local = reply.json()["local"]
-    udp_port = int(udp_local.rpartition(":")[2])
-    assert udp_port != 0
-    assert await udp_roundtrip(srv, udp_port, b"ping 1") == b"guest-web udp ping 1"
+    # TCP by name, UDP added through the API by address.
+    payload, udp_local = await tcp_and_udp_to_the_guest(srv, sock, lease["ip"])
+    assert int(udp_local.rpartition(":")[2]) != 0
 
     # The same port for TCP is a different forward; a second UDP one on it is a conflict.
     dup = await api(

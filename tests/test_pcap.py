@@ -12,7 +12,7 @@ from wsnic_trio.control.pcap import Capture
 from .apihelp import api, require_curl
 from .conftest import require
 from .lanhost import add_client, require_tools
-from .netns import NsFactory
+from .netns import NetNS, NsFactory
 from .test_api import lan0_mac
 
 BRIDGE = "02:77:73:00:00:01"
@@ -20,6 +20,17 @@ BRIDGE = "02:77:73:00:00:01"
 
 def require_tshark() -> None:
     require(shutil.which("tshark") is not None, "tshark is not installed (apt-get install tshark)")
+
+
+def capture_world(world: NsFactory, tmp_path: Path) -> tuple[NetNS, Path, str]:
+    """Skips without tshark or curl; the server's namespace, an empty directory for its
+    captures and the path for its API socket."""
+    require_tshark()
+    require_curl()
+    srv = world.new("srv")
+    captures = tmp_path / "pcap"
+    captures.mkdir()
+    return srv, captures, str(tmp_path / "api.sock")
 
 
 async def tshark(path: Path | str, *fields: str, filter: str | None = None) -> list[list[str]]:
@@ -63,12 +74,7 @@ async def test_capture_file_is_valid_and_bounded(tmp_path: Path) -> None:
 
 async def test_capture_every_client_and_on_demand(world: NsFactory, tmp_path: Path) -> None:
     require_tools()
-    require_tshark()
-    require_curl()
-    srv = world.new("srv")
-    captures = tmp_path / "pcap"
-    captures.mkdir()
-    sock = str(tmp_path / "api.sock")
+    srv, captures, sock = capture_world(world, tmp_path)
     server = await srv.start_wsnic(
         "-a", "0.0.0.0", "--api", f"unix:{sock}", "--pcap", str(captures)
     )
@@ -111,12 +117,7 @@ async def test_capture_every_client_and_on_demand(world: NsFactory, tmp_path: Pa
 
 async def test_capture_stops_at_its_size_limit(world: NsFactory, tmp_path: Path) -> None:
     require_tools()
-    require_tshark()
-    require_curl()
-    srv = world.new("srv")
-    captures = tmp_path / "pcap"
-    captures.mkdir()
-    sock = str(tmp_path / "api.sock")
+    srv, captures, sock = capture_world(world, tmp_path)
     server = await srv.start_wsnic(
         "-a",
         "0.0.0.0",

@@ -16,7 +16,7 @@ from . import packets as pk
 from .apihelp import api, require_curl
 from .conftest import require
 from .netns import NetNS, NsFactory, wait_taps
-from .test_pcap import require_tshark, tshark
+from .test_pcap import capture_world, tshark
 from .wsclients import close_ws, ws_client
 
 BRIDGE = pk.mac("02:77:73:00:00:01")
@@ -65,12 +65,7 @@ async def send_frames(ns: NetNS, nursery: trio.Nursery, n: int, directory: Path)
 async def test_many_captures_stay_within_the_budget_keeping_the_newest(
     world: NsFactory, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    require_tshark()
-    require_curl()
-    srv = world.new("srv")
-    directory = tmp_path / "pcap"
-    directory.mkdir()
-    sock = str(tmp_path / "api.sock")
+    srv, directory, sock = capture_world(world, tmp_path)
     server = await srv.start_wsnic(
         "--api", f"unix:{sock}", "--pcap", str(directory), "--pcap-budget", "1M"
     )

@@ -10,10 +10,8 @@ over a veth. What each test proves is in its docstring.
 
 from __future__ import annotations
 
-import os
 import pwd
 import re
-import shutil
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,51 +21,39 @@ import trio
 
 from wsnic_trio.lan.privsep import caps_of
 
-from .conftest import require
 from .lanhost import (
     add_client,
     forget_stale_run_dir,
     netns_inode,
     pid_alive,
-    require_tools,
     snapshot,
     wsnic,
 )
 from .netns import NetNS, NsFactory, NsProcess
 from .rootlesshost import (
     DEBIAN_PYTHON,
+    USERADD,
     ThrowawayUser,
-    make_runtime,
     refused_at_start,
-    temp_dir,
+    run_as_user,
     throwaway_user,
+    user_runtime,
     with_unusable_tun,
 )
 
 pytestmark = pytest.mark.integration
 
 
-def _require_tools() -> None:
-    require_tools()
-    require(shutil.which("setpriv") is not None, "setpriv (util-linux) is not installed")
-    require(shutil.which("useradd") is not None, "useradd (passwd) is not installed")
-    require(os.access(DEBIAN_PYTHON, os.X_OK), f"{DEBIAN_PYTHON} is missing")
-
-
 @pytest.fixture
 async def runtime(world: NsFactory) -> AsyncIterator[Path]:
     """A temporary directory the test user can read, with the code the server runs."""
-    _require_tools()
-    with temp_dir() as path:
-        await trio.to_thread.run_sync(make_runtime, path)
+    async with user_runtime(USERADD) as path:
         yield path
 
 
 def _server_ns(world: NsFactory) -> NetNS:
     """The server's namespace, with an upstream namespace as its default route (NAT)."""
-    srv, upstream = world.new("srv"), world.new("up")
-    world.link(srv, "198.18.1.1/30", upstream, "198.18.1.2/30")
-    srv.ip("route", "add", "default", "via", "198.18.1.2")
+    srv, _ = world.routed()
     forget_stale_run_dir(srv)
     return srv
 
@@ -187,22 +173,7 @@ async def test_refusals_exit_2(world: NsFactory, runtime: Path) -> None:
     srv = _server_ns(world)
     before = snapshot(srv)
     with throwaway_user() as user:
-        as_user = await srv.exec(
-            "setpriv",
-            f"--reuid={user.uid}",
-            f"--regid={user.uid}",
-            "--clear-groups",
-            "env",
-            "-i",
-            "-C",
-            "/",
-            f"PYTHONPATH={runtime / 'site'}",
-            DEBIAN_PYTHON,
-            "-m",
-            "wsnic_trio",
-            "--user",
-            user.name,
-        )
+        as_user = await run_as_user(srv, user, runtime, "--user", user.name)
         assert as_user.returncode == 2, as_user.stderr.decode()
         assert b"needs a server started as root" in as_user.stderr
         unknown = await srv.exec(*wsnic(), "--user", "wsnic-no-such-user-7")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import stat
 from collections.abc import AsyncIterator, Iterator
@@ -25,10 +24,16 @@ import pytest
 import trio
 
 from .apihelp import api, require_curl
-from .conftest import require
-from .lanhost import add_client, forget_stale_run_dir, require_tools, snapshot
+from .lanhost import add_client, forget_stale_run_dir, snapshot
 from .netns import NetNS, NsFactory, NsProcess
-from .rootlesshost import DEBIAN_PYTHON, ThrowawayUser, make_runtime, temp_dir, throwaway_user
+from .rootlesshost import (
+    DEBIAN_PYTHON,
+    USERADD,
+    ThrowawayUser,
+    temp_dir,
+    throwaway_user,
+    user_runtime,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +43,7 @@ SHADOW = b"root:$y$j9T$not-a-real-hash:19000:0:99999:7:::\n"
 @pytest.fixture
 async def runtime(world: NsFactory) -> AsyncIterator[Path]:
     """A temporary directory the test user can read, with the code the server runs."""
-    require_tools()
-    require(shutil.which("setpriv") is not None, "setpriv (util-linux) is not installed")
-    require(shutil.which("useradd") is not None, "useradd (passwd) is not installed")
-    require(os.access(DEBIAN_PYTHON, os.X_OK), f"{DEBIAN_PYTHON} is missing")
-    with temp_dir() as path:
-        await trio.to_thread.run_sync(make_runtime, path)
+    async with user_runtime(USERADD) as path:
         yield path
 
 
@@ -95,9 +95,7 @@ async def _as_user(user: ThrowawayUser, *argv: str) -> None:
 
 
 def _server_ns(world: NsFactory) -> NetNS:
-    srv, upstream = world.new("srv"), world.new("up")
-    world.link(srv, "198.18.1.1/30", upstream, "198.18.1.2/30")
-    srv.ip("route", "add", "default", "via", "198.18.1.2")
+    srv, _ = world.routed()
     forget_stale_run_dir(srv)
     return srv
 

@@ -45,9 +45,18 @@ def test_no_user_means_no_drop() -> None:
     assert resolve_account(Config(), euid=0) is None
 
 
-def test_user_needs_root() -> None:
-    with pytest.raises(ConfigError, match="needs a server started as root"):
-        resolve_account(Config(user="nobody"), euid=1000)
+@pytest.mark.parametrize(
+    ("config", "euid", "message"),
+    [
+        (Config(user="nobody"), 1000, "needs a server started as root"),
+        (Config(user="root"), 0, "is root"),
+        (Config(group="nogroup"), 0, "--group needs --user"),
+    ],
+    ids=["user-needs-root", "root-is-not-a-drop", "group-needs-user"],
+)
+def test_refused_account(config: Config, euid: int, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve_account(config, euid=euid)
 
 
 def test_unknown_user_and_group() -> None:
@@ -56,16 +65,6 @@ def test_unknown_user_and_group() -> None:
     _nobody()
     with pytest.raises(ConfigError, match="--group wsnic-no-such-group-7: no such group"):
         resolve_account(Config(user="nobody", group="wsnic-no-such-group-7"), euid=0)
-
-
-def test_root_is_not_a_drop() -> None:
-    with pytest.raises(ConfigError, match="is root"):
-        resolve_account(Config(user="root"), euid=0)
-
-
-def test_group_needs_user() -> None:
-    with pytest.raises(ConfigError, match="--group needs --user"):
-        resolve_account(Config(group="nogroup"), euid=0)
 
 
 def test_user_with_rootless_contradicts() -> None:

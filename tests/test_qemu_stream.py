@@ -16,19 +16,22 @@ from wsnic_trio.cli.main import config_from_args, main
 from wsnic_trio.transports import dialer_for
 
 from . import packets as pk
-from .netns import NetNS, NsFactory
+from .netns import NetNS, NsFactory, NsProcess
 from .vmclients import (
     StreamClient,
     arp_bridge,
+    burst,
     exists,
     frame_to,
     length_prefix,
+    ping3,
     read_text,
+    start_connects,
+    stop_all,
+    survivor_unharmed,
     taps,
-    wait_fds,
     wait_taps,
     write_text,
-    wsnic,
 )
 
 
@@ -79,12 +82,21 @@ def test_connect_refuses_an_unknown_scheme(capsys: pytest.CaptureFixture[str]) -
     assert all(f" {scheme}:" in err for scheme in ("qemu+unix", "qemu+tcp", "bess", "dgram"))
 
 
+async def _server(
+    world: NsFactory, sockdir: str, *args: str, name: str = "q.sock"
+) -> tuple[NetNS, str, NsProcess]:
+    """A server in namespace "srv" taking QEMU stream peers on unix:``sockdir``/``name``."""
+    ns = world.new("srv")
+    path = f"{sockdir}/{name}"
+    return ns, path, await ns.start_wsnic("--qemu", f"unix:{path}", *args)
+
+
 async def test_unix_and_tcp_clients_reach_the_bridge_and_each_other(
     world: NsFactory, sockdir: str
 ) -> None:
-    ns = world.new("srv")
-    path = f"{sockdir}/qemu.sock"
-    server = await ns.start_wsnic("--qemu", f"unix:{path}", "--qemu", "tcp:127.0.0.1:9000")
+    ns, path, server = await _server(
+        world, sockdir, "--qemu", "tcp:127.0.0.1:9000", name="qemu.sock"
+    )
     await server.log.wait_for(rf"listening on qemu stream unix:{path}")
     await server.log.wait_for(r"listening on qemu stream tcp:127\.0\.0\.1:9000")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
@@ -95,10 +107,7 @@ async def test_unix_and_tcp_clients_reach_the_bridge_and_each_other(
     await arp_bridge(alice, a_mac, "192.168.86.10")
     await arp_bridge(bob, b_mac, "192.168.86.11")
     # Twenty frames in one write: the server must parse every frame of one read.
-    await alice.send(*[frame_to(b_mac, a_mac, b"a%d" % i, size=1514) for i in range(20)])
-    for i in range(20):
-        got = await bob.receive_until(lambda f: f[6:12] == a_mac and f[12:14] == b"\x88\xb5")
-        assert got[14 : 14 + len(b"a%d" % i)] == b"a%d" % i and len(got) == 1514
+    await burst(alice, bob, a_mac, b_mac, b"a", 20)
     await bob.send(frame_to(a_mac, b_mac, b"back"))
     await alice.receive_until(lambda f: f[6:12] == b_mac and b"back" in f)
     await server.log.wait_for(rf"connected: qemu unix:{path} on wstap")
@@ -127,9 +136,7 @@ BAD_INPUT = {
 @pytest.mark.parametrize("case", list(BAD_INPUT))
 async def test_bad_input_closes_that_peer_only(world: NsFactory, sockdir: str, case: str) -> None:
     data, then_eof, reason = BAD_INPUT[case]
-    ns = world.new("srv")
-    path = f"{sockdir}/q.sock"
-    server = await ns.start_wsnic("--qemu", f"unix:{path}", "--partial-frame-timeout", "1")
+    ns, path, server = await _server(world, sockdir, "--partial-frame-timeout", "1")
     good_mac = pk.mac("02:00:00:00:0a:01")
     good = await StreamClient.unix(path)
     await wait_taps(ns, 1)
@@ -144,11 +151,7 @@ async def test_bad_input_closes_that_peer_only(world: NsFactory, sockdir: str, c
     await bad.read_to_eof()  # the server closes the bad peer
     await server.log.wait_for(rf"client 2 disconnected \(.*{reason}")
     bad.close()
-    await wait_taps(ns, 1)
-    await wait_fds(server, baseline)
-
-    await arp_bridge(good, good_mac, "192.168.86.10")  # the other client never noticed
-    assert not server.log.find(r"client 1 disconnected")
+    await survivor_unharmed(ns, server, good, good_mac, baseline)  # it never noticed
     assert not server.log.find(r"Traceback")
     good.close()
     await wait_taps(ns, 0)
@@ -158,9 +161,7 @@ async def test_bad_input_closes_that_peer_only(world: NsFactory, sockdir: str, c
 async def test_a_65000_byte_frame_crosses_real_taps_at_mtu_65520(
     world: NsFactory, sockdir: str
 ) -> None:
-    ns = world.new("srv")
-    path = f"{sockdir}/q.sock"
-    server = await ns.start_wsnic("--qemu", f"unix:{path}", "--mtu", "65520")
+    ns, path, server = await _server(world, sockdir, "--mtu", "65520")
     a_mac, b_mac = pk.mac("02:00:00:00:0a:01"), pk.mac("02:00:00:00:0b:01")
     alice = await StreamClient.unix(path, max_frame=65538)
     bob = await StreamClient.unix(path, max_frame=65538)
@@ -255,15 +256,8 @@ async def test_connect_tool_over_qemu_unix_and_tcp(world: NsFactory, sockdir: st
         (ns_a, f"qemu+unix:{path}", "192.168.86.20"),
         (ns_b, "qemu+tcp://198.18.0.1:9000", "192.168.86.21"),
     ]
-    procs = []
-    for ns, url, ip in urls:
-        proc = await ns.start([*wsnic(), "connect", url, "--tap", "lan0"], label="connect")
-        await proc.log.wait_for(r"connected to ")
-        ns.ip("addr", "add", f"{ip}/24", "dev", "lan0")
-        procs.append(proc)
+    procs = await start_connects(urls, label="connect")
     await wait_taps(srv, 2)
-    result = await ns_a.exec("ping", "-c", "3", "-i", "0.2", "-W", "2", "192.168.86.21")
-    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
-    for proc in procs:
-        assert await proc.stop() == 0
+    await ping3(ns_a, "192.168.86.21")
+    await stop_all(procs)
     await wait_taps(srv, 0)

@@ -29,12 +29,19 @@ def snapshot(ns: NetNS) -> dict[str, str]:
     return found
 
 
-def _setup(world: NsFactory) -> tuple[NetNS, NetNS]:
-    srv, upstream = world.new("srv"), world.new("up")
-    world.link(srv, "198.18.1.1/30", upstream, "198.18.1.2/30")
-    srv.ip("route", "add", "default", "via", "198.18.1.2")
+def _setup(world: NsFactory) -> NetNS:
+    """Skips without the LAN tools; the server's namespace, routed to an upstream one."""
+    require_tools()
+    srv, _ = world.routed()
     forget_stale_run_dir(srv)
-    return srv, upstream
+    return srv
+
+
+async def _settles_to(srv: NetNS, expected: dict[str, str]) -> None:
+    """Wait until the snapshot is ``expected``: a killed run's dnsmasq goes by its watchdog."""
+    with trio.fail_after(10):
+        while snapshot(srv) != expected:
+            await trio.sleep(0.05)
 
 
 async def _start_busy(srv: NetNS) -> NsProcess:
@@ -56,8 +63,7 @@ async def _start_busy(srv: NetNS) -> NsProcess:
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
 async def test_restored_after_a_normal_stop(world: NsFactory, tmp_path: Path, how: str) -> None:
-    require_tools()
-    srv, _ = _setup(world)
+    srv = _setup(world)
     client = await add_client(world, srv, tmp_path, 0, "guest", wait=False)
     before = snapshot(srv)  # the client's veth predates `before`; its TAP comes later
     server = await srv.start_wsnic("-a", "0.0.0.0", "-i")
@@ -73,8 +79,7 @@ async def test_restored_after_a_normal_stop(world: NsFactory, tmp_path: Path, ho
 
 
 async def test_restored_after_an_error_during_start_up(world: NsFactory) -> None:
-    require_tools()
-    srv, _ = _setup(world)
+    srv = _setup(world)
     blocker = await _start_busy(srv)
     before = snapshot(srv)
     # Bridge and NAT are up when dnsmasq finds port 67 taken; all of it must be undone.
@@ -89,8 +94,7 @@ async def test_restored_after_an_error_during_start_up(world: NsFactory) -> None
 
 
 async def test_restored_by_the_next_start_after_kill_9(world: NsFactory) -> None:
-    require_tools()
-    srv, _ = _setup(world)
+    srv = _setup(world)
     before = snapshot(srv)
     first = await srv.start_wsnic("-i")
     dnsmasq = int((await first.log.wait_for(r"dnsmasq ready \(pid (\d+)\)")).group(1))
@@ -115,24 +119,20 @@ async def test_restored_by_the_next_start_after_kill_9(world: NsFactory) -> None
 
 async def test_kill_9_then_start_with_nat_keeps_the_original_sysctl(world: NsFactory) -> None:
     """The second run must record the *original* ip_forward (0), not the 1 it found."""
-    require_tools()
-    srv, _ = _setup(world)
+    srv = _setup(world)
     before = snapshot(srv)
     first = await srv.start_wsnic("-i")
     await first.stop(signal.SIGKILL)
     second = await srv.start_wsnic("-i")
     assert second.log.find(r"net\.ipv4\.ip_forward was 0: set to 1 for this run")
     assert await second.stop() == 0
-    with trio.fail_after(10):  # the killed run's dnsmasq goes by its watchdog
-        while snapshot(srv) != before:
-            await trio.sleep(0.05)
+    await _settles_to(srv, before)
 
 
 async def test_host_filter_without_inet_is_removed_on_stop(world: NsFactory) -> None:
     """Without -i the LAN's table (no forwarding in or out) exists for the run only;
     forwarding, that the host turned on itself (as Docker does), stays on."""
-    require_tools()
-    srv, _ = _setup(world)
+    srv = _setup(world)
     assert (await srv.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")).returncode == 0
     before = snapshot(srv)
     server = await srv.start_wsnic()
@@ -149,8 +149,7 @@ async def test_host_filter_without_inet_is_removed_on_stop(world: NsFactory) -> 
 async def test_kill_9_without_inet_leaves_a_sysctl_changed_since_alone(world: NsFactory) -> None:
     """A run without -i changes no sysctl, so the next start, which removes its table,
     must not "restore" ip_forward: here something else turned it on in between."""
-    require_tools()
-    srv, _ = _setup(world)
+    srv = _setup(world)
     before = snapshot(srv)
     assert before["ip_forward"].strip() == "0"
     first = await srv.start_wsnic()
@@ -162,9 +161,7 @@ async def test_kill_9_without_inet_leaves_a_sysctl_changed_since_alone(world: Ns
     assert not second.log.find(r"ip_forward restored")
     assert await second.stop() == 0
     expected = {**before, "ip_forward": before["ip_forward"].replace("0", "1")}
-    with trio.fail_after(10):  # the killed run's dnsmasq goes by its watchdog
-        while snapshot(srv) != expected:
-            await trio.sleep(0.05)
+    await _settles_to(srv, expected)
 
 
 @pytest.mark.parametrize(

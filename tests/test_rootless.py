@@ -8,12 +8,13 @@ DHCP client. What each test proves is in its docstring.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,22 +24,23 @@ from wsnic_trio.host.procs import describe_process
 
 from .apihelp import api, require_curl, start_echo
 from .conftest import require
-from .lanhost import LanClient, require_tools, wsnic
+from .lanhost import LanClient, wsnic
 from .netns import NetNS, NsFactory, NsProcess
 from .rootlesshost import (
     DEBIAN_PYTHON,
     ThrowawayUser,
     helper_pid,
     launch_rootless,
-    make_runtime,
     refused_at_start,
+    run_as_user,
     run_dirs,
     start_rootless,
-    temp_dir,
     throwaway_user,
     user_netns,
+    user_runtime,
 )
-from .test_forward import tcp_roundtrip, udp_roundtrip
+from .test_forward import tcp_and_udp_to_the_guest
+from .vmclients import exists
 
 pytestmark = pytest.mark.integration
 
@@ -50,19 +52,10 @@ _FETCH = (
 PAGE = "rootless says hello\n"
 
 
-def _require_rootless_tools() -> None:
-    require_tools()
-    require(shutil.which("slirp4netns") is not None, "slirp4netns is not installed")
-    require(shutil.which("setpriv") is not None, "setpriv (util-linux) is not installed")
-    require(os.access(DEBIAN_PYTHON, os.X_OK), f"{DEBIAN_PYTHON} is missing")
-
-
 @pytest.fixture
 async def runtime(world: NsFactory) -> AsyncIterator[Path]:
     """A temporary directory the test users can read, with the code they run."""
-    _require_rootless_tools()
-    with temp_dir() as path:
-        await trio.to_thread.run_sync(make_runtime, path)
+    async with user_runtime(("slirp4netns", "slirp4netns")) as path:
         yield path
 
 
@@ -78,6 +71,25 @@ async def _client(
     )
     await proc.log.wait_for(r"connected to ws://")
     return LanClient(ns, proc, tmp)
+
+
+@contextlib.contextmanager
+def _user_and_api_socket(runtime: Path) -> Iterator[tuple[ThrowawayUser, str]]:
+    """A throw-away user, and the path of an API socket in a directory of its own
+    (the user may create it there)."""
+    api_dir = runtime / "api"
+    api_dir.mkdir()
+    with throwaway_user() as user:
+        os.chown(api_dir, user.uid, user.uid)
+        yield user, str(api_dir / "api.sock")
+
+
+async def _serve(
+    ns: NetNS, user: ThrowawayUser, runtime: Path, *args: str, label: str = "wsnic-trio"
+) -> NsProcess:
+    """:func:`start_rootless`, its WebSocket listener on every address: the clients
+    come over veths."""
+    return await start_rootless(ns, user, runtime, "--ws-address", "0.0.0.0", *args, label=label)
 
 
 async def _http_server(ns: NetNS, root: Path, bind: str = "127.0.0.1") -> NsProcess:
@@ -157,15 +169,7 @@ async def test_lan_as_unprivileged_user(world: NsFactory, runtime: Path) -> None
     server_ns = world.new("srv")
     await _http_server(server_ns, runtime)
     with throwaway_user() as user:
-        server = await start_rootless(
-            server_ns,
-            user,
-            runtime,
-            "--ws-address",
-            "0.0.0.0",
-            "--enable-inet",
-            "--allow-host-loopback",
-        )
+        server = await _serve(server_ns, user, runtime, "--enable-inet", "--allow-host-loopback")
         assert server.log.find(r"mode: rootless mode \(not root"), server.log.text()
         helper = helper_pid(server)
         assert os.stat(f"/proc/{helper}/status").st_uid == user.uid
@@ -195,23 +199,14 @@ async def test_two_users_side_by_side(world: NsFactory, runtime: Path) -> None:
     server_ns = world.new("srv")
     await _http_server(server_ns, runtime)
     with throwaway_user() as alice, throwaway_user() as bob:
-        server_a = await start_rootless(
-            server_ns,
-            alice,
-            runtime,
-            "--rootless",
-            "--ws-address",
-            "0.0.0.0",
-            "--enable-inet",
-            label="alice",
+        server_a = await _serve(
+            server_ns, alice, runtime, "--rootless", "--enable-inet", label="alice"
         )
         assert server_a.log.find(r"mode: rootless mode \(--rootless\)"), server_a.log.text()
-        server_b = await start_rootless(
+        server_b = await _serve(
             server_ns,
             bob,
             runtime,
-            "--ws-address",
-            "0.0.0.0",
             "--ws-port",
             "8096",
             "--subnet",
@@ -250,17 +245,11 @@ async def test_forwards_into_the_rootless_lan(world: NsFactory, runtime: Path) -
     loopback; a port where nothing listens is counted as a failed connection."""
     require_curl()
     server_ns = world.new("srv")
-    api_dir = runtime / "api"
-    api_dir.mkdir()
-    sock = str(api_dir / "api.sock")
-    with throwaway_user() as user:
-        os.chown(api_dir, user.uid, user.uid)
-        server = await start_rootless(
+    with _user_and_api_socket(runtime) as (user, sock):
+        server = await _serve(
             server_ns,
             user,
             runtime,
-            "--ws-address",
-            "0.0.0.0",
             "--api",
             f"unix:{sock}",
             "--forward",
@@ -273,20 +262,8 @@ async def test_forwards_into_the_rootless_lan(world: NsFactory, runtime: Path) -
         lease = await guest.dhcp("web")
         await start_echo(guest.ns, "guest-web")
 
-        # TCP by name, both ways, more than one socket buffer, half-close passed on.
-        payload = bytes(range(256)) * 1024
-        assert await tcp_roundtrip(server_ns, 2222, payload) == b"guest-web tcp " + payload
-
-        # UDP by address, through the API.
-        reply = await api(
-            sock,
-            "POST",
-            "/forwards",
-            {"local": "127.0.0.1:0", "remote": f"{lease['ip']}:7001", "protocol": "udp"},
-        )
-        assert reply.status == 201, reply
-        udp_port = int(reply.json()["local"].rpartition(":")[2])
-        assert await udp_roundtrip(server_ns, udp_port, b"ping 1") == b"guest-web udp ping 1"
+        # TCP by name, UDP added through the API by address.
+        payload, _ = await tcp_and_udp_to_the_guest(server_ns, sock, lease["ip"])
 
         # Nothing listens on the guest's port 7009: the client's connection just ends.
         stream = await server_ns.connect_tcp("127.0.0.1", 2223)
@@ -315,16 +292,7 @@ async def test_pasta_uplink(world: NsFactory, runtime: Path) -> None:
     server_ns.ip("route", "add", "default", "via", "198.19.0.2")
     await _http_server(router, runtime, bind="198.19.0.2")
     with throwaway_user() as user:
-        server = await start_rootless(
-            server_ns,
-            user,
-            runtime,
-            "--ws-address",
-            "0.0.0.0",
-            "--enable-inet",
-            "--uplink",
-            "pasta",
-        )
+        server = await _serve(server_ns, user, runtime, "--enable-inet", "--uplink", "pasta")
         assert server.log.find(r"uplink: pasta \(pid \d+\)"), server.log.text()
         inode = os.stat(f"/proc/{helper_pid(server)}/ns/net").st_ino
         client = await _client(world, server_ns, runtime, 0, 8086)
@@ -340,22 +308,8 @@ async def test_config_unusable_in_rootless_mode(world: NsFactory, runtime: Path)
     """--inet-iface means nothing without root: the user is told so (exit code 2)."""
     server_ns = world.new("srv")
     with throwaway_user() as user:
-        result = await server_ns.exec(
-            "setpriv",
-            f"--reuid={user.uid}",
-            f"--regid={user.uid}",
-            "--clear-groups",
-            "env",
-            "-i",
-            "-C",
-            "/",
-            f"PYTHONPATH={runtime / 'site'}",
-            DEBIAN_PYTHON,
-            "-m",
-            "wsnic_trio",
-            "--enable-inet",
-            "--inet-iface",
-            "eth0",
+        result = await run_as_user(
+            server_ns, user, runtime, "--enable-inet", "--inet-iface", "eth0"
         )
         assert result.returncode == 2, result.stderr.decode()
         assert b"--inet-iface has no meaning in rootless mode" in result.stderr
@@ -372,11 +326,7 @@ async def test_unusable_tun_is_refused_at_start(
     line that says what failed, for whom and what to do, and leaves nothing behind: no
     process, namespace, run directory, API socket file or listening port."""
     server_ns = world.new("srv")
-    api_dir = runtime / "api"
-    api_dir.mkdir()
-    api_sock = api_dir / "api.sock"
-    with throwaway_user() as user:
-        os.chown(api_dir, user.uid, user.uid)
+    with _user_and_api_socket(runtime) as (user, api_sock):
         server = await launch_rootless(
             server_ns,
             user,
@@ -401,7 +351,7 @@ async def test_unusable_tun_is_refused_at_start(
         left = [f"process {pid}: {describe_process(pid)}" for pid in user.pids()]
         left += [f"network namespace net:[{inode}]" for inode in user_netns(user.uid)]
         left += [f"run directory {path}" for path in run_dirs(user.uid)]
-        if api_sock.exists():
+        if exists(api_sock):
             left.append(f"API socket file {api_sock}")
         if not _port_free(server_ns, 8086):
             left.append("listening port 8086")

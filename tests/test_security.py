@@ -31,6 +31,14 @@ def write_cert(ca: trustme.CA, tmp: Path, name: str, **kw: object) -> tuple[Path
     return chain, key
 
 
+def new_tls(tmp: Path, name: str, **kw: object) -> tuple[trustme.CA, list[str]]:
+    """A new CA, and the server's -r/-k options for a certificate it issued (as
+    :func:`write_cert` writes it)."""
+    ca = trustme.CA()
+    chain, key = write_cert(ca, tmp, name, **kw)
+    return ca, ["-r", str(chain), "-k", str(key)]
+
+
 def client_context(ca: trustme.CA) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
@@ -65,10 +73,9 @@ async def rejected_status(ns: NetNS, nursery: trio.Nursery, **kw: object) -> int
 async def test_wss_with_real_certificate(
     world: NsFactory, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    ca = trustme.CA()
-    chain, key = write_cert(ca, tmp_path, "server")
+    ca, tls = new_tls(tmp_path, "server")
     ns = world.new("srv")
-    server = await ns.start_wsnic("-r", str(chain), "-k", str(key), "--wss-port", "8443")
+    server = await ns.start_wsnic(*tls, "--wss-port", "8443")
     assert server.log.find(r"listening on wss://127\.0\.0\.1:8443/")
     assert server.log.find(r"listening on ws://127\.0\.0\.1:8086/"), "ws and wss side by side"
     conn = await ws_client(ns, nursery, port=8443, ssl_context=client_context(ca))
@@ -92,12 +99,11 @@ async def test_wss_only_and_connect_tool(
     world: NsFactory, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     """``--ws-port 0`` leaves wss alone; ``wsnic-trio connect wss://`` trusts SSL_CERT_FILE."""
-    ca = trustme.CA()
-    chain, key = write_cert(ca, tmp_path, "server")
+    ca, tls = new_tls(tmp_path, "server")
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     ns = world.new("srv")
-    server = await ns.start_wsnic("-r", str(chain), "-k", str(key), "--ws-port", "0")
+    server = await ns.start_wsnic(*tls, "--ws-port", "0")
     assert server.log.find(r"listening on ws://") is None
     client = await ns.start(
         [*_wsnic(), "connect", "wss://localhost:8087/", "--tap", "lan0"],
@@ -112,13 +118,10 @@ async def test_wss_only_and_connect_tool(
 async def test_expired_certificate_fails_for_the_client_only(
     world: NsFactory, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    ca = trustme.CA()
     past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
-    chain, key = write_cert(
-        ca, tmp_path, "old", not_before=past, not_after=past + datetime.timedelta(days=1)
-    )
+    ca, tls = new_tls(tmp_path, "old", not_before=past, not_after=past + datetime.timedelta(days=1))
     ns = world.new("srv")
-    server = await ns.start_wsnic("-r", str(chain), "-k", str(key))
+    server = await ns.start_wsnic(*tls)
     with pytest.raises(trio.BrokenResourceError) as info:
         await ws_client(ns, nursery, port=8087, ssl_context=client_context(ca))
     assert "certificate has expired" in str(info.value.__cause__)
@@ -218,10 +221,9 @@ async def test_login_flood_is_braked_but_keeps_no_valid_token_out(
 async def test_sighup_reloads_tokens_and_keeps_clients(
     world: NsFactory, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    ca = trustme.CA()
-    chain, key = write_cert(ca, tmp_path, "first")
+    ca, tls = new_tls(tmp_path, "first")
     ns = world.new("srv")
-    server, tokens = await token_server(ns, tmp_path, "-r", str(chain), "-k", str(key))
+    server, tokens = await token_server(ns, tmp_path, *tls)
     old = await ws_client(ns, nursery, path="/?token=secret-alpha")
     tls_old = await ws_client(
         ns, nursery, port=8087, path="/?token=secret-alpha", ssl_context=client_context(ca)

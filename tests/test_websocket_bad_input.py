@@ -62,6 +62,16 @@ async def expect_close(ns: NetNS, frames: Sequence[ev.Event], code: int) -> None
     await client.aclose()
 
 
+async def arp_answered(client: RawClient) -> None:
+    """Wait (5 s at most) for the bridge's ARP reply; other messages are passed over."""
+    with trio.fail_after(5):
+        while True:
+            event = await client.wait_for(ev.BytesMessage)
+            assert isinstance(event, ev.BytesMessage)
+            if pk.parse_arp_reply(bytes(event.data)):
+                return
+
+
 async def case_text(ns: NetNS, server: NsProcess) -> None:
     await expect_close(ns, [ev.TextMessage("hello")], 1003)
     await server.log.wait_for(r"disconnected \(text messages are not Ethernet frames\)")
@@ -93,12 +103,7 @@ async def case_empty_and_runt(ns: NetNS, server: NsProcess) -> None:
     # Still connected: a valid ARP request after the runts is answered.
     me = pk.mac("02:00:00:00:00:0c")
     await client.send(ev.BytesMessage(pk.arp_request(me, "192.168.86.12", "192.168.86.1")))
-    with trio.fail_after(5):
-        while True:
-            event = await client.wait_for(ev.BytesMessage)
-            assert isinstance(event, ev.BytesMessage)
-            if pk.parse_arp_reply(bytes(event.data)):
-                break
+    await arp_answered(client)
     await client.send(ev.CloseConnection(code=1000))
     await client.wait_for(ev.CloseConnection)
     await client.aclose()
@@ -111,12 +116,7 @@ async def case_fragmented_ok(ns: NetNS, server: NsProcess) -> None:
     arp = pk.arp_request(me, "192.168.86.13", "192.168.86.1")
     for i in range(0, len(arp), 10):
         await client.send(ev.BytesMessage(arp[i : i + 10], message_finished=i + 10 >= len(arp)))
-    with trio.fail_after(5):
-        while True:
-            event = await client.wait_for(ev.BytesMessage)
-            assert isinstance(event, ev.BytesMessage)
-            if pk.parse_arp_reply(bytes(event.data)):
-                break
+    await arp_answered(client)
     await client.aclose()
 
 

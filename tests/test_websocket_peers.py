@@ -6,6 +6,7 @@ import trio
 
 from . import packets as pk
 from .netns import NsFactory, wait_taps
+from .vmclients import answers_ping, ping3, start_connects, stop_all, wsnic
 from .wsclients import receive_until, ws_client
 
 BRIDGE_MAC = "02:77:73:00:00:01"
@@ -66,33 +67,20 @@ async def test_kernel_ping_between_two_connect_taps(world: NsFactory) -> None:
     world.link(srv, "198.18.0.1/30", ns_a, "198.18.0.2/30")
     world.link(srv, "198.18.0.5/30", ns_b, "198.18.0.6/30")
     await srv.start_wsnic("-a", "0.0.0.0")
-    clients = []
-    for ns, server_ip, lan_ip in (
-        (ns_a, "198.18.0.1", "192.168.86.10"),
-        (ns_b, "198.18.0.5", "192.168.86.11"),
-    ):
-        proc = await ns.start(
-            [*_wsnic(), "connect", f"ws://{server_ip}:8086/", "--tap", "lan0"], label="connect"
-        )
-        await proc.log.wait_for(r"connected to ws://")
-        ns.ip("addr", "add", f"{lan_ip}/24", "dev", "lan0")
-        clients.append(proc)
+    clients = await start_connects(
+        [
+            (ns_a, "ws://198.18.0.1:8086/", "192.168.86.10"),
+            (ns_b, "ws://198.18.0.5:8086/", "192.168.86.11"),
+        ],
+        label="connect",
+        connected="ws://",
+    )
     await wait_taps(srv, 2)
-    result = await ns_a.exec("ping", "-c", "3", "-i", "0.2", "-W", "2", "192.168.86.11")
-    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
-    assert b"3 received" in result.stdout
-    result = await ns_b.exec("ping", "-c", "1", "-W", "2", "192.168.86.1")
-    assert result.returncode == 0, "the bridge address answers too"
-    for proc in clients:
-        assert await proc.stop() == 0
+    assert b"3 received" in await ping3(ns_a, "192.168.86.11")
+    assert await answers_ping(ns_b, "192.168.86.1"), "the bridge address answers too"
+    await stop_all(clients)
     assert "lan0" not in ns_a.links(), "the client's TAP goes when the client stops"
     await wait_taps(srv, 0)
-
-
-def _wsnic() -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "wsnic_trio"]
 
 
 async def test_connect_reconnects_after_server_restart(world: NsFactory) -> None:
@@ -102,18 +90,19 @@ async def test_connect_reconnects_after_server_restart(world: NsFactory) -> None
     world.link(srv, "198.18.0.1/30", ns_a, "198.18.0.2/30")
     server = await srv.start_wsnic("-a", "0.0.0.0", "--disable-dhcp")
     client = await ns_a.start(
-        [*_wsnic(), "connect", "ws://198.18.0.1:8086/", "--tap", "lan0", "--retry-max", "1"],
+        [*wsnic(), "connect", "ws://198.18.0.1:8086/", "--tap", "lan0", "--retry-max", "1"],
         label="connect",
     )
     await client.log.wait_for(r"connected to ws://")
     ns_a.ip("addr", "add", "192.168.86.10/24", "dev", "lan0")
-    assert (await ns_a.exec("ping", "-c", "1", "-W", "2", "192.168.86.1")).returncode == 0
+    assert await answers_ping(ns_a, "192.168.86.1")
     assert await server.stop() == 0
     await client.log.wait_for(r"reconnecting in")
     assert "lan0" in ns_a.links(), "the TAP stays while the server is away"
     mark = len(client.log.lines)
     await srv.start_wsnic("-a", "0.0.0.0", "--disable-dhcp")
     await client.log.wait_for(r"connected to ws://", start=mark, timeout=20)
-    result = await ns_a.exec("ping", "-c", "1", "-W", "2", "192.168.86.1")
-    assert result.returncode == 0, "the same address works again after the restart"
+    assert await answers_ping(ns_a, "192.168.86.1"), (
+        "the same address works again after the restart"
+    )
     assert await client.stop() == 0

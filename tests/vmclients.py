@@ -14,13 +14,14 @@ import socket
 import struct
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import trio
 
 from wsnic_trio.transports.stream_protocol import StreamProtocol
 
 from . import packets as pk
+from .netns import NetNS, NsProcess
 from .netns import taps as taps
 from .netns import wait_taps as wait_taps
 
@@ -177,6 +178,71 @@ async def arp_bridge(
 
 def frame_to(dst: bytes, src: bytes, tag: bytes, size: int = 64) -> bytes:
     return pk.probe_frame(dst, src, tag, size=size)
+
+
+async def burst(
+    sender: StreamClient | PacketClient,
+    receiver: StreamClient | PacketClient,
+    src: bytes,
+    dst: bytes,
+    tag: bytes,
+    count: int,
+) -> None:
+    """``count`` full-size frames sent in one go (tagged ``tag`` and their index) all
+    reach the receiver, in order: one read of the server may hold many of them."""
+    await sender.send(*[frame_to(dst, src, tag + b"%d" % i, size=1514) for i in range(count)])
+    for i in range(count):
+        got = await receiver.receive_until(lambda f: f[6:12] == src and f[12:14] == b"\x88\xb5")
+        assert got[14 : 14 + len(tag + b"%d" % i)] == tag + b"%d" % i and len(got) == 1514
+
+
+async def survivor_unharmed(
+    ns: NetNS, server: NsProcess, good: StreamClient | PacketClient, mac: bytes, baseline: int
+) -> None:
+    """After another peer's end: its TAP and fds are gone, and client 1 (``good``, at
+    192.168.86.10) still reaches the bridge, never disconnected."""
+    await wait_taps(ns, 1)
+    await wait_fds(server, baseline)
+    await arp_bridge(good, mac, "192.168.86.10")
+    assert not server.log.find(r"client 1 disconnected")
+
+
+def disconnect_line(server: NsProcess, client: int = 1) -> str:
+    """The server's log line saying how client ``client`` ended, with its drop counters."""
+    line = server.log.find(rf"client {client} disconnected.*")
+    assert line is not None
+    return line.group(0)
+
+
+async def start_connects(
+    clients: Iterable[tuple[NetNS, str, str]], label: str | None = None, connected: str = ""
+) -> list[NsProcess]:
+    """``wsnic-trio connect URL --tap lan0`` in each namespace, lan0 given its /24 address
+    once connected; ``label`` names the processes in the log (default: the URL)."""
+    procs = []
+    for ns, url, ip in clients:
+        proc = await ns.start([*wsnic(), "connect", url, "--tap", "lan0"], label=label or url)
+        await proc.log.wait_for(rf"connected to {connected}")
+        ns.ip("addr", "add", f"{ip}/24", "dev", "lan0")
+        procs.append(proc)
+    return procs
+
+
+async def ping3(ns: NetNS, ip: str) -> bytes:
+    """Three quick kernel pings from ``ns`` must be answered; ping's output."""
+    result = await ns.exec("ping", "-c", "3", "-i", "0.2", "-W", "2", ip)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    return result.stdout
+
+
+async def answers_ping(ns: NetNS, ip: str) -> bool:
+    """Whether one kernel ping from ``ns`` to ``ip`` is answered within 2 s."""
+    return (await ns.exec("ping", "-c", "1", "-W", "2", ip)).returncode == 0
+
+
+async def stop_all(procs: Iterable[NsProcess]) -> None:
+    for proc in procs:
+        assert await proc.stop() == 0
 
 
 def length_prefix(size: int) -> bytes:

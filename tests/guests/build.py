@@ -155,16 +155,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("WSNIC_GUEST_CACHE") or DEFAULT_CACHE)
 
 
+def _query(argv: Sequence[str]) -> str | None:
+    """What a query command prints, or None where it fails (nothing installed or known)."""
+    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    return proc.stdout if proc.returncode == 0 else None
+
+
 def _dpkg_version(package: str) -> str | None:
-    proc = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}\t${Version}", package],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
+    out = _query(["dpkg-query", "-W", "-f=${Status}\t${Version}", package])
+    if out is None:
         return None
-    status, _, version = proc.stdout.partition("\t")
+    status, _, version = out.partition("\t")
     return version if status.endswith(" installed") else None
 
 
@@ -237,17 +238,12 @@ def _kernel_package() -> tuple[str, str]:
     """Return (package, version) of the kernel image linux-image-amd64 points to."""
 
     def query() -> tuple[str, str] | None:
-        proc = subprocess.run(
-            ["apt-cache", "show", "--no-all-versions", KERNEL_META],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
+        out = _query(["apt-cache", "show", "--no-all-versions", KERNEL_META])
+        if out is None:
             return None
         m = re.search(
             r"^Depends:.*?\b(linux-image-[0-9][^\s,(]*)\s*\(=\s*([^)\s]+)\)",
-            proc.stdout,
+            out,
             re.MULTILINE,
         )
         return (m.group(1), m.group(2)) if m else None
