@@ -179,7 +179,7 @@ def test_layer_contract() -> None:
     [
         ("wsnic_trio.transports.websocket", "wsnic_trio.core.server"),
         ("wsnic_trio.host.nat", "wsnic_trio.lan.bridge"),
-        ("wsnic_trio.control.api", "wsnic_trio.core.server"),
+        ("wsnic_trio.control.handlers", "wsnic_trio.core.server"),
     ],
 )
 def test_the_contract_catches_a_wrong_import(module: str, forbidden: str) -> None:

@@ -18,8 +18,9 @@ import trio
 
 from wsnic_trio.cli.preflight import check_paths
 from wsnic_trio.config import Config
-from wsnic_trio.control.api import ApiListener, bind_api, load_api_tokens, start_control
 from wsnic_trio.control.forward import OpenRemote, open_remote_here
+from wsnic_trio.control.http import ApiListener, bind_api
+from wsnic_trio.control.start import load_api_tokens, start_control
 from wsnic_trio.core import Server
 from wsnic_trio.core.admission import TokenStore
 from wsnic_trio.host.dnsmasq import serve_dnsmasq

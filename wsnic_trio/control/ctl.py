@@ -20,11 +20,12 @@ import h11
 import trio
 
 from wsnic_trio.config.endpoints import ApiEndpoint, parse_api_endpoint
+from wsnic_trio.host.paths import RUN_ROOT
 from wsnic_trio.util.text import printable
 
 __all__ = ["ApiClient", "ApiReply", "main"]
 
-DEFAULT_API = "unix:/run/wsnic-trio/api.sock"
+DEFAULT_API = f"unix:{RUN_ROOT}/api.sock"
 TIMEOUT = 30.0
 
 

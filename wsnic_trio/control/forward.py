@@ -43,6 +43,7 @@ from wsnic_trio.config.endpoints import ForwardSpec, check_remote
 from wsnic_trio.core import mac_text
 from wsnic_trio.errors import WsnicError
 from wsnic_trio.host.leases import Lease, LeaseTable
+from wsnic_trio.net.addresses import listen_socket
 
 __all__ = ["ForwardError", "ForwardManager", "OpenRemote", "open_remote_here"]
 
@@ -177,7 +178,7 @@ class ForwardManager:
         if _is_name(spec.remote_host):
             assert self.leases is not None
             await self.leases.update()  # bind to the holder of the name *now*
-        sock = await self._bind(spec)
+        sock = self._bind(spec)
         try:
             host, port = sock.getsockname()[:2]
             bound = dataclasses.replace(spec, local_host=host, local_port=port)
@@ -211,18 +212,18 @@ class ForwardManager:
             log.info("forward %s %s removed", fwd.spec.protocol, fwd.spec.local)
         return gone
 
-    async def _bind(self, spec: ForwardSpec) -> trio.socket.SocketType:
+    def _bind(self, spec: ForwardSpec) -> trio.socket.SocketType:
+        """The forward's local side: its one IP address (a name is refused when parsed),
+        so :func:`listen_socket` itself, not bind_all_addresses, whose errors would not
+        be the API's status codes."""
         kind = socket.SOCK_STREAM if spec.protocol == "tcp" else socket.SOCK_DGRAM
-        sock = trio.socket.socket(_family(spec.local_host), kind)
         try:
-            if kind == socket.SOCK_STREAM:
-                # Only TIME_WAIT leftovers are overridden; a live listener still says EADDRINUSE.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            await sock.bind((spec.local_host, spec.local_port))
-            if kind == socket.SOCK_STREAM:
-                sock.listen(128)
+            sock = trio.socket.from_stdlib_socket(
+                listen_socket(
+                    _family(spec.local_host), (spec.local_host, spec.local_port), kind=kind
+                )
+            )
         except OSError as exc:
-            sock.close()
             if exc.errno == errno.EADDRINUSE:
                 raise ForwardError(
                     f"local address {spec.local} ({spec.protocol}) is already in use", 409

@@ -37,6 +37,7 @@ import trio
 
 from wsnic_trio.config import Config
 from wsnic_trio.errors import SetupError
+from wsnic_trio.host.paths import RUN_ROOT, release_run_root
 from wsnic_trio.host.procs import iter_processes, net_namespace_id, port_holders
 from wsnic_trio.util.safefs import UnsafePathError, open_directory, prepare_private_file
 
@@ -59,7 +60,6 @@ __all__ = [
 log = logging.getLogger("wsnic_trio.dnsmasq")
 dnsmasq_log = logging.getLogger("wsnic_trio.dnsmasq.log")
 
-RUN_ROOT = Path("/run/wsnic-trio")
 #: The host's resolvers, for a LAN with -i and no --dns-upstream. dnsmasq runs in the
 #: host's namespace, so a stub resolver on loopback (127.0.0.53) serves it as well.
 RESOLV_CONF = Path("/etc/resolv.conf")
@@ -357,8 +357,7 @@ def _prune_dead_namespaces() -> None:
         if m and int(m.group(1)) not in live:
             shutil.rmtree(entry, ignore_errors=True)
             log.info("removed %s: its network namespace no longer exists", entry)
-    with contextlib.suppress(OSError):
-        RUN_ROOT.rmdir()
+    release_run_root()
 
 
 # -- supervision ----------------------------------------------------------------------
@@ -578,8 +577,7 @@ def _make_run_dir(rundir: Path) -> None:
 def _remove_run_dir(rundir: Path) -> None:
     """Remove the LAN's run directory, and /run/wsnic-trio too once no LAN uses it."""
     shutil.rmtree(rundir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        rundir.parent.rmdir()  # fails (and stays) while another LAN has its directory there
+    release_run_root()  # stays while another LAN has its directory there
 
 
 async def _supervise(

@@ -7,7 +7,7 @@ helper as rootless mode, but it stays real root in the server's own network name
 with its leftover detection and "not ours" refusal, :func:`lan_services` with NAT and
 the ``ip_forward`` record and restore, the supervised dnsmasq with its restarts), and
 hands the server a TAP fd per peer over the seqpacket socket, exactly as in rootless
-mode (``_nsproto``); it tries one TAP before it reports the LAN ready, and after set-up
+mode (``nsproto``); it tries one TAP before it reports the LAN ready, and after set-up
 it answers nothing but ``tap``. Then the server drops every privilege for good:
 supplementary groups, gid, uid (glibc applies ``setuid`` to every thread, which matters
 because Trio makes netlink calls from worker threads), and checks that no thread kept a
@@ -46,7 +46,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from wsnic_trio.config import Config
 from wsnic_trio.errors import ConfigError, SetupError, WsnicError
-from wsnic_trio.host.dnsmasq import RUN_ROOT, serve_dnsmasq
+from wsnic_trio.host.dnsmasq import serve_dnsmasq
+from wsnic_trio.host.paths import RUN_ROOT, release_run_root
 from wsnic_trio.lan.bridge import Lan
 from wsnic_trio.lan.nsproto import (
     MAX_MESSAGE,
@@ -311,8 +312,7 @@ def _remove_sockets(sockets: Sequence[Any]) -> None:
         finally:
             os.close(dir_fd)
         if parent == str(RUN_ROOT):
-            with contextlib.suppress(OSError):
-                RUN_ROOT.rmdir()  # only when empty
+            release_run_root()
 
 
 async def _send(sock: trio.socket.SocketType, reply: Reply, fd: int | None = None) -> None:

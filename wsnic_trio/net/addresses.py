@@ -7,7 +7,8 @@ leaves clients of the other family out. :func:`connect_any` tries every address,
 Eyeballs style (RFC 8305: families interleaved, a new attempt every 250 ms while the
 earlier ones still run, the first to connect wins), and when all fail its one error
 names each address and why it failed. :func:`bind_all_addresses` binds every address
-a name resolves to, or none.
+a name resolves to, or none; it and the port forwards' local sides (one address, TCP
+or UDP) make their sockets with :func:`listen_socket`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "bind_all_addresses",
     "connect_any",
     "interleave",
+    "listen_socket",
     "resolve_all",
     "show_addresses",
 ]
@@ -221,7 +223,7 @@ def bind_all_addresses(host: str, port: int, what: str, *, backlog: int) -> list
             sockaddr = address.sockaddr
             if made and port == 0:
                 sockaddr = (sockaddr[0], made[0].getsockname()[1], *sockaddr[2:])
-            made.append(_listen(address.family, sockaddr, v6only=v6only, backlog=backlog))
+            made.append(listen_socket(address.family, sockaddr, v6only=v6only, backlog=backlog))
     except OSError as exc:
         for sock in made:
             sock.close()
@@ -234,16 +236,31 @@ def bind_all_addresses(host: str, port: int, what: str, *, backlog: int) -> list
     return made
 
 
-def _listen(
-    family: socket.AddressFamily, sockaddr: tuple[Any, ...], *, v6only: bool, backlog: int
+def listen_socket(
+    family: socket.AddressFamily,
+    sockaddr: tuple[Any, ...],
+    *,
+    kind: socket.SocketKind = socket.SOCK_STREAM,
+    v6only: bool | None = None,
+    backlog: int = 128,
 ) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    """One non-blocking socket bound to ``sockaddr`` (and listening, for TCP); OSError.
+
+    The part every listener shares: :func:`bind_all_addresses` (a name's every address,
+    its own errors) and the port forwards (one given IP address, TCP or UDP, their own
+    errors) both bind through it. On TCP, SO_REUSEADDR overrides only TIME_WAIT
+    leftovers: a live listener still says EADDRINUSE. ``v6only`` None leaves an IPv6
+    socket as the host's default has it (``net.ipv6.bindv6only``).
+    """
+    sock = socket.socket(family, kind)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and v6only is not None:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         sock.bind(sockaddr)
-        sock.listen(backlog)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()

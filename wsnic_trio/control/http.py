@@ -1,63 +1,57 @@
-"""The control API: JSON over HTTP/1.1 on a unix socket (and optionally TCP, with a token).
+"""The control API's HTTP side: JSON over HTTP/1.1 on a unix socket (and optionally
+TCP, with a token).
 
 HTTP is h11's job (a sans-IO state machine driven here by trio streams); this module
-only routes and answers. Requests are small and bounded (header and body sizes, an idle
-timeout, a cap on connections), answers must be taken in time (a client that stops
-reading is closed), and a handler's failure becomes a JSON error for that request alone.
-Whatever a client does, or however it vanishes, ends its own connection only: nothing
-it sends can hurt the server or its peers. On TCP, a connection counts against the cap
-only once it has sent a valid token; until then it is one of a small budget of its own
-with a short deadline, so that nobody without a token can take an operator's place.
-The endpoints are documented in docs/api.md.
+reads requests and writes answers, and leaves what they mean to a ``Dispatch`` function
+(the API's routes are in :mod:`wsnic_trio.control.handlers`). Requests are small and
+bounded (header and body sizes, an idle timeout, a cap on connections), answers must be
+taken in time (a client that stops reading is closed), and a handler's failure becomes a
+JSON error for that request alone. Whatever a client does, or however it vanishes, ends
+its own connection only: nothing it sends can hurt the server or its peers. On TCP, a
+connection counts against the cap only once it has sent a valid token; until then it is
+one of a small budget of its own with a short deadline, so that nobody without a token
+can take an operator's place.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import errno
-import functools
 import json
 import logging
 import os
-import re
 import socket
-import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import h11
 import trio
 
-from wsnic_trio.config import Config
-from wsnic_trio.config.endpoints import ApiEndpoint, make_forward
-from wsnic_trio.control.forward import ForwardError, ForwardManager, OpenRemote
-from wsnic_trio.control.metrics import CONTENT_TYPE_LATEST, make_registry, render
-from wsnic_trio.control.pcap import PcapManager, PeerGone
-from wsnic_trio.control.state import Control
-from wsnic_trio.core import (
-    MAX_SUBSCRIBERS,
-    FailureLimiter,
-    TokenStore,
-    Totals,
-    mac_text,
-    merged_totals,
-)
-from wsnic_trio.errors import SetupError
-from wsnic_trio.host.leases import Lease
+from wsnic_trio.config.endpoints import ApiEndpoint
+from wsnic_trio.core import FailureLimiter, TokenStore
+from wsnic_trio.host.paths import RUN_ROOT, make_run_root, release_run_root
 from wsnic_trio.net.addresses import bind_all_addresses, peer_address
 from wsnic_trio.net.listen import HandshakeGate, Pending, bind_all
 from wsnic_trio.net.unixpath import UnixPath, bind_unix
 
-if TYPE_CHECKING:
-    from wsnic_trio.core import PeerInfo, Server
-
-__all__ = ["ApiListener", "ApiServer", "bind_api", "load_api_tokens", "start_control"]
+__all__ = [
+    "ApiListener",
+    "Dispatch",
+    "HttpError",
+    "HttpServer",
+    "Request",
+    "Response",
+    "Send",
+    "Stream",
+    "bind_api",
+    "error_response",
+    "json_response",
+]
 
 log = logging.getLogger("wsnic_trio.api")
 
-RUN_ROOT = "/run/wsnic-trio"
 #: Connections one API listener serves at once: every unix one, and on TCP those that
 #: have authenticated.
 MAX_CONNECTIONS = 64
@@ -71,12 +65,8 @@ AUTH_TIMEOUT = 10.0
 MAX_BODY = 64 * 1024
 MAX_HEADER = 16 * 1024
 IDLE_TIMEOUT = 30.0
-#: The largest client id a request may name (ids count up from 1; longer numbers are
-#: no client, and would cost the parser dearly).
-_MAX_ID_DIGITS = 18
 #: Longest a client may take none of an answer (or of an event stream) before it is closed.
 SEND_TIMEOUT = 30.0
-KICK_TIMEOUT = 10.0
 _JSON = "application/json"
 #: What trio raises when the client went away: reset, broken pipe, closed. Only that
 #: connection is affected, so it is worth a debug line, never a traceback.
@@ -107,18 +97,15 @@ class ApiListener:
     def close(self) -> None:
         if self.unix is not None:
             self.unix.close()
-            with contextlib.suppress(OSError):
-                os.rmdir(RUN_ROOT)  # only when empty: another LAN may still use it
+            release_run_root()  # only when empty: another LAN may still use it
         elif self.sock.fileno() != -1:
             self.sock.close()
 
 
 def _bind_one(endpoint: ApiEndpoint) -> ApiListener:
     if endpoint.kind == "unix":
-        directory = os.path.dirname(os.path.abspath(endpoint.path))
-        if directory == RUN_ROOT and not os.path.isdir(directory):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(directory, 0o755)
+        if Path(os.path.abspath(endpoint.path)).parent == RUN_ROOT:
+            make_run_root()
         unix = bind_unix(endpoint.path, socket.SOCK_STREAM, 0o600, "control API")
         return ApiListener(endpoint, unix.sock, unix)
     # The API's TCP host is an IP address (names are refused when parsed): one socket.
@@ -209,13 +196,9 @@ def error_response(
     return Response(status, json.dumps(body).encode() + b"\n", headers=headers or [])
 
 
-def _iso(epoch: float | None) -> str | None:
-    if not epoch:
-        return None
-    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="seconds")
+#: What answers a request: the API's routes. An HttpError it raises is the answer.
+Dispatch = Callable[[Request], Awaitable[Response | Stream]]
 
-
-Handler = Callable[[Request, re.Match[str]], Awaitable[Response | Stream]]
 
 #: After an answer with this header the server closes the connection (h11 sees to it).
 _CLOSE = ("connection", "close")
@@ -249,34 +232,14 @@ class _Session:
             self.slots.release()
 
 
-class ApiServer:
-    """Answers API requests about one :class:`Server`."""
+class HttpServer:
+    """Serves API connections, each request answered by ``dispatch``; on TCP only with
+    one of ``tokens``."""
 
-    def __init__(self, control: Control, tokens: TokenStore | None = None) -> None:
-        self.control = control
-        self.server = control.server
+    def __init__(self, dispatch: Dispatch, tokens: TokenStore | None = None) -> None:
+        self.dispatch = dispatch
         self.tokens = tokens
         self.limiter = FailureLimiter()
-        self.registry = make_registry(control)
-        self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
-            (re.compile(r"/"), {"GET": self.get_index}),
-            (re.compile(r"/clients"), {"GET": self.get_clients}),
-            (re.compile(r"/clients/([0-9]+)"), {"GET": self.get_client, "DELETE": self.kick}),
-            (
-                re.compile(r"/clients/([0-9]+)/pcap"),
-                {"POST": self.start_pcap, "DELETE": self.stop_pcap},
-            ),
-            (re.compile(r"/stats"), {"GET": self.get_stats}),
-            (re.compile(r"/leases"), {"GET": self.get_leases}),
-            (
-                re.compile(r"/forwards"),
-                {"GET": self.get_forwards, "POST": self.add_forward, "DELETE": self.rm_forward},
-            ),
-            (re.compile(r"/metrics"), {"GET": self.get_metrics}),
-            (re.compile(r"/events"), {"GET": self.get_events}),
-        ]
-
-    # -- serving --------------------------------------------------------------------------
 
     async def serve(
         self,
@@ -374,7 +337,7 @@ class ApiServer:
                     return
             if request is None:
                 return
-            reply = await self._dispatch(request)
+            reply = await self.dispatch(request)
             if isinstance(reply, Stream):
                 if request.method != "HEAD":
                     await self._stream(conn, stream, reply)
@@ -471,32 +434,6 @@ class ApiServer:
             await _send(stream, conn.send(h11.EndOfMessage()) or b"")
             nursery.cancel_scope.cancel()
 
-    async def _dispatch(self, request: Request) -> Response | Stream:
-        try:
-            for pattern, methods in self.routes:
-                match = pattern.fullmatch(request.path.rstrip("/") or "/")
-                if match is None:
-                    continue
-                handler = methods.get(request.method)
-                if handler is None and request.method == "HEAD":
-                    handler = methods.get("GET")  # answered without its body
-                if handler is None:
-                    allow = ", ".join(sorted(methods))
-                    raise HttpError(
-                        405,
-                        f"{request.method} is not allowed on {request.path} (allowed: {allow})",
-                        [("allow", allow)],
-                    )
-                return await handler(request, match)
-            raise HttpError(404, f"no such endpoint: {request.path} (GET / lists them)")
-        except HttpError as exc:
-            return error_response(exc.status, str(exc), exc.headers)
-        except ForwardError as exc:
-            return error_response(exc.status, str(exc))
-        except Exception as exc:
-            log.exception("control API: %s %s failed", request.method, request.path)
-            return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
-
     async def _authenticate(self, request: Request, session: _Session) -> None:
         """Every request on TCP carries a valid token, or its connection is closed.
 
@@ -551,216 +488,6 @@ class ApiServer:
             ) from None
         session.holds_slot = True
 
-    # -- endpoints ------------------------------------------------------------------------
-
-    async def get_index(self, request: Request, match: re.Match[str]) -> Response:
-        return json_response(
-            {
-                "endpoints": [
-                    "GET /clients",
-                    "GET /clients/{id}",
-                    "DELETE /clients/{id}",
-                    "POST /clients/{id}/pcap",
-                    "DELETE /clients/{id}/pcap",
-                    "GET /stats",
-                    "GET /leases",
-                    "GET /forwards",
-                    "POST /forwards",
-                    "DELETE /forwards",
-                    "GET /metrics",
-                    "GET /events",
-                ]
-            }
-        )
-
-    async def _fresh_leases(self) -> None:
-        if self.server.leases is not None:
-            await self.server.leases.update()
-
-    def _peer(self, match: re.Match[str]) -> PeerInfo:
-        digits = match.group(1).lstrip("0") or "0"
-        if len(digits) > _MAX_ID_DIGITS:
-            raise HttpError(404, f"no client with id {digits[:20]}... is connected")
-        peer_id = int(digits)
-        info = self.server.peers.get(peer_id)
-        if info is None:
-            raise HttpError(404, f"no client with id {peer_id} is connected")
-        return info
-
-    def client_view(self, info: PeerInfo) -> dict[str, Any]:
-        stats = info.stats
-        lease = None
-        if self.server.leases is not None and stats.mac is not None:
-            lease = self.server.leases.leases.get(stats.mac)
-        drops = stats.drops + info.link_drops
-        capture = self.control.pcap.captures.get(info.id) if self.control.pcap else None
-        return {
-            "id": info.id,
-            "transport": info.transport,
-            "remote": info.remote,
-            "origin": info.origin,
-            "tap": info.tap,
-            "mac": mac_text(stats.mac),
-            "ip": str(lease.ip) if lease is not None else None,
-            "hostname": lease.hostname if lease is not None else None,
-            "connected_since": _iso(stats.connected_at),
-            "connected_seconds": round(time.time() - stats.connected_at, 3),
-            "frames_in": stats.frames_in,
-            "bytes_in": stats.bytes_in,
-            "frames_out": stats.frames_out,
-            "bytes_out": stats.bytes_out,
-            "drops": dict(sorted(drops.items())),
-            "capture": capture.describe() if capture is not None else None,
-        }
-
-    async def get_clients(self, request: Request, match: re.Match[str]) -> Response:
-        await self._fresh_leases()
-        peers = sorted(self.server.peers.values(), key=lambda i: i.id)
-        return json_response({"clients": [self.client_view(i) for i in peers]})
-
-    async def get_client(self, request: Request, match: re.Match[str]) -> Response:
-        await self._fresh_leases()
-        return json_response(self.client_view(self._peer(match)))
-
-    async def kick(self, request: Request, match: re.Match[str]) -> Response:
-        info = self._peer(match)
-        self.server.kick(info.id)
-        # Answer once it is really gone (its TAP removed), so the caller can rely on it.
-        with trio.move_on_after(KICK_TIMEOUT):
-            await info.gone.wait()
-        gone = info.id not in self.server.peers
-        return json_response({"kicked": info.id, "tap": info.tap, "gone": gone})
-
-    async def start_pcap(self, request: Request, match: re.Match[str]) -> Response:
-        info = self._peer(match)
-        request.json_object()  # no options yet, but a malformed body is still an error
-        if self.control.pcap is None:
-            raise HttpError(409, "packet capture is off: start the server with --pcap DIR")
-        await self.control.pcap.check_disk()  # fresh, not the last poll's view
-        try:
-            capture = self.control.pcap.start(info)
-        except PeerGone:  # it left during the disk check
-            raise HttpError(404, f"no client with id {info.id} is connected") from None
-        if capture is None:  # the disk is nearly full, or the budget is all live captures
-            raise HttpError(507, f"capture refused: {self.control.pcap.last_refusal}")
-        return json_response({"id": info.id, "capture": capture.describe()}, 201)
-
-    async def stop_pcap(self, request: Request, match: re.Match[str]) -> Response:
-        info = self._peer(match)
-        if self.control.pcap is None:  # as for POST: nothing to stop until --pcap is given
-            raise HttpError(409, "packet capture is off: start the server with --pcap DIR")
-        capture = self.control.pcap.stop(info.id, info)
-        if capture is None:
-            raise HttpError(404, f"client {info.id} is not being captured")
-        with trio.move_on_after(KICK_TIMEOUT):
-            await capture.done.wait()  # the file is complete when we answer
-        return json_response({"id": info.id, "capture": capture.describe()})
-
-    async def get_stats(self, request: Request, match: re.Match[str]) -> Response:
-        server = self.server
-        totals = merged_totals(
-            server.totals,
-            ((i.transport, i.stats, i.link_drops) for i in server.peers.values()),
-            (t.name for t in server.transports),
-        )
-        everything = Totals()
-        transports: dict[str, Any] = {}
-        for name, t in sorted(totals.items()):
-            everything.merge(t)
-            live = sum(1 for i in server.peers.values() if i.transport == name)
-            transports[name] = {"clients_connected": live, **t.as_dict()}
-        return json_response(
-            {
-                "started_at": _iso(server.started_at),
-                "uptime_seconds": round(time.time() - server.started_at, 3),
-                "clients_connected": len(server.peers),
-                "total": everything.as_dict(),
-                "transports": transports,
-                "dnsmasq_restarts": server.dnsmasq_restarts,
-                "forwards": len(self.control.forwards.forwards),
-                "pcap": self.control.pcap.describe() if self.control.pcap else None,
-            }
-        )
-
-    async def get_leases(self, request: Request, match: re.Match[str]) -> Response:
-        leases = self.server.leases
-        if leases is None:
-            raise HttpError(409, "this server runs no DHCP (--disable-dhcp): there are no leases")
-        await leases.update()
-        by_mac = {i.stats.mac: i.id for i in self.server.peers.values() if i.stats.mac}
-        rows = [
-            {
-                "mac": mac_text(lease.mac),
-                "ip": str(lease.ip),
-                "hostname": lease.hostname,
-                "expires": _iso(lease.expires) if lease.expires else "never",
-                "client": by_mac.get(lease.mac),
-            }
-            for lease in sorted(leases.leases.values(), key=lambda lease: lease.ip)
-        ]
-        return json_response({"leases": rows})
-
-    def _forwards(self) -> ForwardManager:
-        return self.control.forwards
-
-    async def get_forwards(self, request: Request, match: re.Match[str]) -> Response:
-        manager = self._forwards()
-        rows = [f.describe() for _, f in sorted(manager.forwards.items())]
-        return json_response({"forwards": rows})
-
-    async def add_forward(self, request: Request, match: re.Match[str]) -> Response:
-        manager = self._forwards()
-        data = request.json_object()
-        unknown = set(data) - {"local", "remote", "protocol"}
-        if unknown:
-            raise HttpError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
-        for key in ("local", "remote"):
-            if not isinstance(data.get(key), str):
-                raise HttpError(400, f"field {key!r} is required: a string such as 127.0.0.1:2222")
-        protocol = data.get("protocol", "tcp")
-        if not isinstance(protocol, str):
-            raise HttpError(400, 'field \'protocol\' must be "tcp" or "udp"')
-        try:
-            spec = make_forward(data["local"], data["remote"], protocol)
-        except ValueError as exc:
-            raise HttpError(400, str(exc)) from None
-        fwd = await manager.add(spec)
-        return json_response(fwd.describe(), 201)
-
-    async def rm_forward(self, request: Request, match: re.Match[str]) -> Response:
-        manager = self._forwards()
-        data = request.json_object()
-        local = data.get("local", request.query.get("local"))
-        protocol = data.get("protocol", request.query.get("protocol"))
-        if not isinstance(local, str) or not local:
-            raise HttpError(400, 'say which forward: {"local": "127.0.0.1:2222"} or ?local=')
-        if protocol is not None and protocol not in ("tcp", "udp"):
-            raise HttpError(400, 'field \'protocol\' must be "tcp" or "udp"')
-        gone = manager.remove(local, protocol)
-        return json_response({"removed": [f.describe() for f in gone]})
-
-    async def get_metrics(self, request: Request, match: re.Match[str]) -> Response:
-        await self._fresh_leases()
-        return Response(200, render(self.registry), CONTENT_TYPE_LATEST)
-
-    async def get_events(self, request: Request, match: re.Match[str]) -> Stream:
-        bus = self.server.events
-        if bus.subscribers >= MAX_SUBSCRIBERS:
-            raise HttpError(503, f"too many event subscribers (at most {MAX_SUBSCRIBERS})")
-
-        async def produce(send: Send) -> None:
-            try:
-                with bus.subscribe() as sub:
-                    await send(_line({"event": "subscribed", "time": round(time.time(), 3)}))
-                    async for event in sub.receive:
-                        await send(_line(event))
-                    if sub.overflowed:
-                        await send(_line({"event": "overflow", "detail": "events were lost"}))
-            except OverflowError as exc:
-                await send(_line({"event": "error", "detail": str(exc)}))
-
-        return Stream(produce)
-
 
 async def _send(stream: trio.SocketStream, data: bytes) -> None:
     """Write to a client that must take it within ``SEND_TIMEOUT`` (or be closed)."""
@@ -779,97 +506,7 @@ def _cause(group: BaseExceptionGroup[BaseException]) -> str:
     return (cause.strerror if isinstance(cause, OSError) else None) or str(cause) or repr(cause)
 
 
-def _line(data: dict[str, Any]) -> bytes:
-    return json.dumps(data).encode() + b"\n"
-
-
 def _unquote(text: str) -> str:
     from urllib.parse import unquote_plus
 
     return unquote_plus(text)
-
-
-# -- start-up -----------------------------------------------------------------------------
-
-
-def load_api_tokens(config: Config) -> TokenStore | None:
-    """The TCP API's tokens, read once at start (ConfigError: exit 2)."""
-    if config.server.api_token_file is None:
-        return None
-    tokens = TokenStore(config.server.api_token_file)
-    count = tokens.load()
-    log.info("control API: %d tokens from %s", count, config.server.api_token_file)
-    return tokens
-
-
-async def start_control(
-    nursery: trio.Nursery,
-    server: Server,
-    listeners: list[ApiListener],
-    tokens: TokenStore | None,
-    open_remote: OpenRemote,
-) -> Control:
-    """Start capture, forwards and the API in the server's nursery, before any listener
-    accepts peers (so the first client is already captured and counted)."""
-    config = server.config
-    pcap: PcapManager | None = None
-    if config.server.pcap is not None:
-        if not await trio.to_thread.run_sync(config.server.pcap.is_dir):
-            raise SetupError(f"--pcap {config.server.pcap}: no such directory; create it first")
-        pcap = PcapManager(
-            config.server.pcap,
-            config.server.pcap_max_bytes,
-            not config.server.pcap_on_demand,
-            config.server.pcap_budget,
-        )
-        await nursery.start(pcap.run)
-        server.capture = pcap
-        which = "on demand (API)" if config.server.pcap_on_demand else "every client"
-        log.info(
-            "packet capture: %s into %s, at most %d bytes per file, %d bytes in all",
-            which,
-            config.server.pcap,
-            config.server.pcap_max_bytes,
-            config.server.pcap_budget,
-        )
-    forwards = ForwardManager(
-        config.lan.subnet, server.leases, config.lan.dhcp_domain_name, open_remote
-    )
-    await nursery.start(forwards.run)
-    for spec in config.lan.forward:
-        try:
-            await forwards.add(spec)
-        except ForwardError as exc:
-            raise SetupError(f"--forward {spec}: {exc}") from None
-    control = Control(server, forwards, pcap)
-    api = ApiServer(control, tokens)
-    for listener in listeners:
-        await nursery.start(api.serve, listener)
-        log.info("control API on %s", listener.describe())
-    if server.leases is not None:
-        server.leases.on_change.append(functools.partial(_lease_events, server))
-    return control
-
-
-def _lease_events(server: Server, old: dict[bytes, Lease], new: dict[bytes, Lease]) -> None:
-    by_mac = {i.stats.mac: i.id for i in server.peers.values() if i.stats.mac}
-    for mac, lease in new.items():
-        before = old.get(mac)
-        if before is None or (before.ip, before.hostname, before.expires) != (
-            lease.ip,
-            lease.hostname,
-            lease.expires,
-        ):
-            server.events.publish(
-                "lease-granted",
-                mac=mac_text(mac),
-                ip=str(lease.ip),
-                hostname=lease.hostname,
-                expires=lease.expires,
-                client=by_mac.get(mac),
-            )
-    for mac, lease in old.items():
-        if mac not in new:
-            server.events.publish(
-                "lease-released", mac=mac_text(mac), ip=str(lease.ip), hostname=lease.hostname
-            )

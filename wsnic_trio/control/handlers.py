@@ -1,0 +1,334 @@
+"""The control API's endpoints: clients, stats, leases, forwards, capture, metrics, events.
+
+Each handler takes a parsed request and returns an answer (or raises HttpError); the
+HTTP side (reading, limits, tokens) is :mod:`wsnic_trio.control.http`. The endpoints are
+documented in docs/api.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from wsnic_trio.config.endpoints import make_forward
+from wsnic_trio.control.forward import ForwardError, ForwardManager
+from wsnic_trio.control.http import (
+    ApiListener,
+    HttpError,
+    HttpServer,
+    Request,
+    Response,
+    Send,
+    Stream,
+    error_response,
+    json_response,
+)
+from wsnic_trio.control.metrics import CONTENT_TYPE_LATEST, make_registry, render
+from wsnic_trio.control.pcap import PeerGone
+from wsnic_trio.control.state import Control
+from wsnic_trio.core import MAX_SUBSCRIBERS, TokenStore, Totals, mac_text, merged_totals
+
+if TYPE_CHECKING:
+    from wsnic_trio.core import PeerInfo
+
+__all__ = ["ApiServer"]
+
+log = logging.getLogger("wsnic_trio.api")
+
+#: The largest client id a request may name (ids count up from 1; longer numbers are
+#: no client, and would cost the parser dearly).
+_MAX_ID_DIGITS = 18
+KICK_TIMEOUT = 10.0
+
+
+def _iso(epoch: float | None) -> str | None:
+    if not epoch:
+        return None
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat(timespec="seconds")
+
+
+Handler = Callable[[Request, re.Match[str]], Awaitable[Response | Stream]]
+
+
+class ApiServer:
+    """Answers API requests about one :class:`Server`."""
+
+    def __init__(self, control: Control, tokens: TokenStore | None = None) -> None:
+        self.control = control
+        self.server = control.server
+        self.http = HttpServer(self.dispatch, tokens)
+        self.registry = make_registry(control)
+        self.routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
+            (re.compile(r"/"), {"GET": self.get_index}),
+            (re.compile(r"/clients"), {"GET": self.get_clients}),
+            (re.compile(r"/clients/([0-9]+)"), {"GET": self.get_client, "DELETE": self.kick}),
+            (
+                re.compile(r"/clients/([0-9]+)/pcap"),
+                {"POST": self.start_pcap, "DELETE": self.stop_pcap},
+            ),
+            (re.compile(r"/stats"), {"GET": self.get_stats}),
+            (re.compile(r"/leases"), {"GET": self.get_leases}),
+            (
+                re.compile(r"/forwards"),
+                {"GET": self.get_forwards, "POST": self.add_forward, "DELETE": self.rm_forward},
+            ),
+            (re.compile(r"/metrics"), {"GET": self.get_metrics}),
+            (re.compile(r"/events"), {"GET": self.get_events}),
+        ]
+
+    async def serve(
+        self,
+        listener: ApiListener,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Answer the API on ``listener`` until cancelled."""
+        await self.http.serve(listener, task_status=task_status)
+
+    async def dispatch(self, request: Request) -> Response | Stream:
+        """The route's answer; any failure is an error answer for this request alone."""
+        try:
+            for pattern, methods in self.routes:
+                match = pattern.fullmatch(request.path.rstrip("/") or "/")
+                if match is None:
+                    continue
+                handler = methods.get(request.method)
+                if handler is None and request.method == "HEAD":
+                    handler = methods.get("GET")  # answered without its body
+                if handler is None:
+                    allow = ", ".join(sorted(methods))
+                    raise HttpError(
+                        405,
+                        f"{request.method} is not allowed on {request.path} (allowed: {allow})",
+                        [("allow", allow)],
+                    )
+                return await handler(request, match)
+            raise HttpError(404, f"no such endpoint: {request.path} (GET / lists them)")
+        except HttpError as exc:
+            return error_response(exc.status, str(exc), exc.headers)
+        except ForwardError as exc:
+            return error_response(exc.status, str(exc))
+        except Exception as exc:
+            log.exception("control API: %s %s failed", request.method, request.path)
+            return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    async def get_index(self, request: Request, match: re.Match[str]) -> Response:
+        return json_response(
+            {
+                "endpoints": [
+                    "GET /clients",
+                    "GET /clients/{id}",
+                    "DELETE /clients/{id}",
+                    "POST /clients/{id}/pcap",
+                    "DELETE /clients/{id}/pcap",
+                    "GET /stats",
+                    "GET /leases",
+                    "GET /forwards",
+                    "POST /forwards",
+                    "DELETE /forwards",
+                    "GET /metrics",
+                    "GET /events",
+                ]
+            }
+        )
+
+    async def _fresh_leases(self) -> None:
+        if self.server.leases is not None:
+            await self.server.leases.update()
+
+    def _peer(self, match: re.Match[str]) -> PeerInfo:
+        digits = match.group(1).lstrip("0") or "0"
+        if len(digits) > _MAX_ID_DIGITS:
+            raise HttpError(404, f"no client with id {digits[:20]}... is connected")
+        peer_id = int(digits)
+        info = self.server.peers.get(peer_id)
+        if info is None:
+            raise HttpError(404, f"no client with id {peer_id} is connected")
+        return info
+
+    def client_view(self, info: PeerInfo) -> dict[str, Any]:
+        stats = info.stats
+        lease = None
+        if self.server.leases is not None and stats.mac is not None:
+            lease = self.server.leases.leases.get(stats.mac)
+        drops = stats.drops + info.link_drops
+        capture = self.control.pcap.captures.get(info.id) if self.control.pcap else None
+        return {
+            "id": info.id,
+            "transport": info.transport,
+            "remote": info.remote,
+            "origin": info.origin,
+            "tap": info.tap,
+            "mac": mac_text(stats.mac),
+            "ip": str(lease.ip) if lease is not None else None,
+            "hostname": lease.hostname if lease is not None else None,
+            "connected_since": _iso(stats.connected_at),
+            "connected_seconds": round(time.time() - stats.connected_at, 3),
+            "frames_in": stats.frames_in,
+            "bytes_in": stats.bytes_in,
+            "frames_out": stats.frames_out,
+            "bytes_out": stats.bytes_out,
+            "drops": dict(sorted(drops.items())),
+            "capture": capture.describe() if capture is not None else None,
+        }
+
+    async def get_clients(self, request: Request, match: re.Match[str]) -> Response:
+        await self._fresh_leases()
+        peers = sorted(self.server.peers.values(), key=lambda i: i.id)
+        return json_response({"clients": [self.client_view(i) for i in peers]})
+
+    async def get_client(self, request: Request, match: re.Match[str]) -> Response:
+        await self._fresh_leases()
+        return json_response(self.client_view(self._peer(match)))
+
+    async def kick(self, request: Request, match: re.Match[str]) -> Response:
+        info = self._peer(match)
+        self.server.kick(info.id)
+        # Answer once it is really gone (its TAP removed), so the caller can rely on it.
+        with trio.move_on_after(KICK_TIMEOUT):
+            await info.gone.wait()
+        gone = info.id not in self.server.peers
+        return json_response({"kicked": info.id, "tap": info.tap, "gone": gone})
+
+    async def start_pcap(self, request: Request, match: re.Match[str]) -> Response:
+        info = self._peer(match)
+        request.json_object()  # no options yet, but a malformed body is still an error
+        if self.control.pcap is None:
+            raise HttpError(409, "packet capture is off: start the server with --pcap DIR")
+        await self.control.pcap.check_disk()  # fresh, not the last poll's view
+        try:
+            capture = self.control.pcap.start(info)
+        except PeerGone:  # it left during the disk check
+            raise HttpError(404, f"no client with id {info.id} is connected") from None
+        if capture is None:  # the disk is nearly full, or the budget is all live captures
+            raise HttpError(507, f"capture refused: {self.control.pcap.last_refusal}")
+        return json_response({"id": info.id, "capture": capture.describe()}, 201)
+
+    async def stop_pcap(self, request: Request, match: re.Match[str]) -> Response:
+        info = self._peer(match)
+        if self.control.pcap is None:  # as for POST: nothing to stop until --pcap is given
+            raise HttpError(409, "packet capture is off: start the server with --pcap DIR")
+        capture = self.control.pcap.stop(info.id, info)
+        if capture is None:
+            raise HttpError(404, f"client {info.id} is not being captured")
+        with trio.move_on_after(KICK_TIMEOUT):
+            await capture.done.wait()  # the file is complete when we answer
+        return json_response({"id": info.id, "capture": capture.describe()})
+
+    async def get_stats(self, request: Request, match: re.Match[str]) -> Response:
+        server = self.server
+        totals = merged_totals(
+            server.totals,
+            ((i.transport, i.stats, i.link_drops) for i in server.peers.values()),
+            (t.name for t in server.transports),
+        )
+        everything = Totals()
+        transports: dict[str, Any] = {}
+        for name, t in sorted(totals.items()):
+            everything.merge(t)
+            live = sum(1 for i in server.peers.values() if i.transport == name)
+            transports[name] = {"clients_connected": live, **t.as_dict()}
+        return json_response(
+            {
+                "started_at": _iso(server.started_at),
+                "uptime_seconds": round(time.time() - server.started_at, 3),
+                "clients_connected": len(server.peers),
+                "total": everything.as_dict(),
+                "transports": transports,
+                "dnsmasq_restarts": server.dnsmasq_restarts,
+                "forwards": len(self.control.forwards.forwards),
+                "pcap": self.control.pcap.describe() if self.control.pcap else None,
+            }
+        )
+
+    async def get_leases(self, request: Request, match: re.Match[str]) -> Response:
+        leases = self.server.leases
+        if leases is None:
+            raise HttpError(409, "this server runs no DHCP (--disable-dhcp): there are no leases")
+        await leases.update()
+        by_mac = {i.stats.mac: i.id for i in self.server.peers.values() if i.stats.mac}
+        rows = [
+            {
+                "mac": mac_text(lease.mac),
+                "ip": str(lease.ip),
+                "hostname": lease.hostname,
+                "expires": _iso(lease.expires) if lease.expires else "never",
+                "client": by_mac.get(lease.mac),
+            }
+            for lease in sorted(leases.leases.values(), key=lambda lease: lease.ip)
+        ]
+        return json_response({"leases": rows})
+
+    def _forwards(self) -> ForwardManager:
+        return self.control.forwards
+
+    async def get_forwards(self, request: Request, match: re.Match[str]) -> Response:
+        manager = self._forwards()
+        rows = [f.describe() for _, f in sorted(manager.forwards.items())]
+        return json_response({"forwards": rows})
+
+    async def add_forward(self, request: Request, match: re.Match[str]) -> Response:
+        manager = self._forwards()
+        data = request.json_object()
+        unknown = set(data) - {"local", "remote", "protocol"}
+        if unknown:
+            raise HttpError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        for key in ("local", "remote"):
+            if not isinstance(data.get(key), str):
+                raise HttpError(400, f"field {key!r} is required: a string such as 127.0.0.1:2222")
+        protocol = data.get("protocol", "tcp")
+        if not isinstance(protocol, str):
+            raise HttpError(400, 'field \'protocol\' must be "tcp" or "udp"')
+        try:
+            spec = make_forward(data["local"], data["remote"], protocol)
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        fwd = await manager.add(spec)
+        return json_response(fwd.describe(), 201)
+
+    async def rm_forward(self, request: Request, match: re.Match[str]) -> Response:
+        manager = self._forwards()
+        data = request.json_object()
+        local = data.get("local", request.query.get("local"))
+        protocol = data.get("protocol", request.query.get("protocol"))
+        if not isinstance(local, str) or not local:
+            raise HttpError(400, 'say which forward: {"local": "127.0.0.1:2222"} or ?local=')
+        if protocol is not None and protocol not in ("tcp", "udp"):
+            raise HttpError(400, 'field \'protocol\' must be "tcp" or "udp"')
+        gone = manager.remove(local, protocol)
+        return json_response({"removed": [f.describe() for f in gone]})
+
+    async def get_metrics(self, request: Request, match: re.Match[str]) -> Response:
+        await self._fresh_leases()
+        return Response(200, render(self.registry), CONTENT_TYPE_LATEST)
+
+    async def get_events(self, request: Request, match: re.Match[str]) -> Stream:
+        bus = self.server.events
+        if bus.subscribers >= MAX_SUBSCRIBERS:
+            raise HttpError(503, f"too many event subscribers (at most {MAX_SUBSCRIBERS})")
+
+        async def produce(send: Send) -> None:
+            try:
+                with bus.subscribe() as sub:
+                    await send(_line({"event": "subscribed", "time": round(time.time(), 3)}))
+                    async for event in sub.receive:
+                        await send(_line(event))
+                    if sub.overflowed:
+                        await send(_line({"event": "overflow", "detail": "events were lost"}))
+            except OverflowError as exc:
+                await send(_line({"event": "error", "detail": str(exc)}))
+
+        return Stream(produce)
+
+
+def _line(data: dict[str, Any]) -> bytes:
+    return json.dumps(data).encode() + b"\n"
