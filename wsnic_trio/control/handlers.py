@@ -73,6 +73,7 @@ class ApiServer:
                 re.compile(r"/clients/([0-9]+)/pcap"),
                 {"POST": self.start_pcap, "DELETE": self.stop_pcap},
             ),
+            (re.compile(r"/lans"), {"GET": self.get_lans}),
             (re.compile(r"/stats"), {"GET": self.get_stats}),
             (re.compile(r"/leases"), {"GET": self.get_leases}),
             (
@@ -130,6 +131,7 @@ class ApiServer:
                     "DELETE /clients/{id}",
                     "POST /clients/{id}/pcap",
                     "DELETE /clients/{id}/pcap",
+                    "GET /lans",
                     "GET /stats",
                     "GET /leases",
                     "GET /forwards",
@@ -142,8 +144,9 @@ class ApiServer:
         )
 
     async def _fresh_leases(self) -> None:
-        if self.server.leases is not None:
-            await self.server.leases.update()
+        for state in self.server.lans.values():
+            if state.leases is not None:
+                await state.leases.update()
 
     def _peer(self, match: re.Match[str]) -> PeerInfo:
         digits = match.group(1).lstrip("0") or "0"
@@ -158,12 +161,15 @@ class ApiServer:
     def client_view(self, info: PeerInfo) -> dict[str, Any]:
         stats = info.stats
         lease = None
-        if self.server.leases is not None and stats.mac is not None:
-            lease = self.server.leases.leases.get(stats.mac)
+        state = self.server.lans.get(info.lan)
+        leases = state.leases if state is not None else None
+        if leases is not None and stats.mac is not None:
+            lease = leases.leases.get(stats.mac)
         drops = stats.drops + info.link_drops
         capture = self.control.pcap.captures.get(info.id) if self.control.pcap else None
         return {
             "id": info.id,
+            "lan": info.lan,
             "transport": info.transport,
             "remote": info.remote,
             "origin": info.origin,
@@ -180,6 +186,28 @@ class ApiServer:
             "drops": dict(sorted(drops.items())),
             "capture": capture.describe() if capture is not None else None,
         }
+
+    async def get_lans(self, request: Request, match: re.Match[str]) -> Response:
+        by_lan: dict[str, int] = {}
+        for info in self.server.peers.values():
+            by_lan[info.lan] = by_lan.get(info.lan, 0) + 1
+        rows = []
+        for name, state in self.server.lans.items():
+            lan = state.config.lan
+            rows.append(
+                {
+                    "name": name,
+                    "subnet": str(lan.subnet),
+                    "gateway": str(lan.bridge_address),
+                    "bridge": lan.bridge,
+                    "mtu": lan.mtu,
+                    "dhcp": not lan.disable_dhcp,
+                    "nat": lan.enable_inet,
+                    "clients": by_lan.get(name, 0),
+                    "leases": len(state.leases.leases) if state.leases is not None else None,
+                }
+            )
+        return json_response({"lans": rows})
 
     async def get_clients(self, request: Request, match: re.Match[str]) -> Response:
         await self._fresh_leases()

@@ -16,24 +16,24 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import trio
 from pyroute2.netlink.exceptions import NetlinkError
 
 from wsnic_trio.config import Config
-from wsnic_trio.core.admission import Admission, TokenStore
+from wsnic_trio.config.lans import DEFAULT_LAN
+from wsnic_trio.core.admission import FailureLimiter, TokenStore
 from wsnic_trio.core.events import EventBus
-from wsnic_trio.core.guard import FramePolicy, GatewayRules, SourceGuard, refuse_mac
+from wsnic_trio.core.guard import FramePolicy, SourceGuard, refuse_mac
+from wsnic_trio.core.lanstate import BRIDGE_MAC_BYTES, LanState
 from wsnic_trio.core.relay import RelayStats, relay
 from wsnic_trio.core.stats import Totals, mac_text
 from wsnic_trio.errors import ConfigError, PeerClosed, PeerError, SetupError
-from wsnic_trio.host.dnsmasq import lease_file_path
-from wsnic_trio.host.leases import LeaseTable
 from wsnic_trio.host.tap import TapDevice
-from wsnic_trio.lan.bridge import BRIDGE_MAC, LanBackend
-from wsnic_trio.transports.base import AdmissionRequest, FrameCheck, PeerLink, Rejection, Transport
+from wsnic_trio.lan.bridge import LanBackend
+from wsnic_trio.transports.base import AdmissionRequest, PeerLink, Rejection, Transport
 
 __all__ = ["CaptureHook", "PeerInfo", "Server"]
 
@@ -42,7 +42,7 @@ log = logging.getLogger("wsnic_trio.server")
 #: The most open files the server asks for (clients, their TAPs, listeners, helpers).
 
 #: The ``reason`` label of ``wsnic_refused_total`` for each admission answer.
-_REFUSAL_KINDS = {401: "auth", 403: "auth", 429: "login-brake", 503: "limit"}
+_REFUSAL_KINDS = {401: "auth", 403: "auth", 404: "no-lan", 429: "login-brake", 503: "limit"}
 
 
 class CaptureHook(Protocol):
@@ -78,6 +78,8 @@ class PeerInfo:
     link_drops: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     #: Set once the peer is gone (its TAP removed).
     gone: trio.Event = dataclasses.field(default_factory=trio.Event)
+    #: The LAN it is on.
+    lan: str = DEFAULT_LAN
 
     @property
     def mac(self) -> bytes | None:
@@ -85,37 +87,42 @@ class PeerInfo:
 
 
 class Server:
-    """Runs peers on one LAN; ``peers`` is the live registry."""
+    """Runs peers on one or more LANs; ``peers`` is the live registry."""
 
     def __init__(
         self,
         config: Config,
-        lan: LanBackend,
+        lan: LanBackend | Mapping[str, LanBackend],
         transports: Sequence[Transport],
         tokens: TokenStore | None = None,
     ) -> None:
         self.config = config
-        self.lan = lan
         self.transports = list(transports)
-        self.check = FrameCheck(config.lan.max_frame)
         self.peers: dict[int, PeerInfo] = {}
         self._ids = itertools.count(1)
         self.tokens = tokens or TokenStore(None)
-        self.admission = Admission(
-            self.tokens,
-            max_clients=config.lan.max_clients,
-            max_clients_per_ip=config.lan.max_clients_per_ip,
-            origins=config.server.allow_origin,
-        )
-        self.bridge_mac = bytes.fromhex(BRIDGE_MAC.replace(":", ""))
-        #: What no client may send (gateway impersonation, rogue DHCP, IPv6 RAs).
-        self.rules = GatewayRules(self.bridge_mac, config.lan.bridge_address.packed)
-        #: Which connected peer owns which MAC (its first source MAC, for every peer).
-        self.mac_owners: dict[bytes, int] = {}
-        #: dnsmasq's leases, when the server runs DHCP.
-        self.leases: LeaseTable | None = None
-        if not config.lan.disable_dhcp:
-            self.leases = LeaseTable(lease_file_path(config))
+        limiter = FailureLimiter()
+        backends = lan if isinstance(lan, Mapping) else {DEFAULT_LAN: lan}
+        #: Every LAN by name (``default`` for the one the LAN options configure).
+        self.lans: dict[str, LanState] = {
+            name: LanState.make(
+                name,
+                config.for_lan(name) if name != DEFAULT_LAN else config,
+                backend,
+                self.tokens,
+                limiter,
+            )
+            for name, backend in backends.items()
+        }
+        #: Whether LANs have names (a WebSocket path picks one): log lines then say which.
+        self.named = len(self.lans) > 1 or DEFAULT_LAN not in self.lans
+        # The first LAN (the default one, when it runs) for what has only one LAN yet:
+        # the control API's leases and forwards, the login brake's admission.
+        main = next(iter(self.lans.values()))
+        self.lan = main.backend
+        self.admission = main.admission
+        self.leases = main.leases
+        self.bridge_mac = BRIDGE_MAC_BYTES
         # -- what the control API shows (docs/api.md) --
         self.started_at = time.time()
         #: Per transport: connections since start, and the traffic of peers that left.
@@ -126,6 +133,11 @@ class Server:
         self.dnsmasq_restarts = 0
         #: Packet capture, when the control layer runs it (``--pcap``).
         self.capture: CaptureHook | None = None
+
+    @property
+    def mac_owners(self) -> dict[bytes, int]:
+        """The first LAN's MAC owners (each LAN has its own: ``lans[name].mac_owners``)."""
+        return next(iter(self.lans.values())).mac_owners
 
     def kick(self, peer_id: int, reason: str = "kicked by the API") -> bool:
         """Disconnect a peer (its TAP goes with it); False when there is no such peer."""
@@ -145,15 +157,25 @@ class Server:
 
     # -- what transports call ---------------------------------------------------------
 
+    def lan_of(self, name: str | None) -> LanState | None:
+        return self.lans.get(name or DEFAULT_LAN)
+
     def admit(self, request: AdmissionRequest) -> Rejection | None:
-        rejection = self.admission.check(request)
+        state = self.lan_of(request.lan)
+        if state is None:
+            rejection: Rejection | None = Rejection(
+                404, f"no such LAN: {request.lan or DEFAULT_LAN}", 1008, "no-lan"
+            )
+        else:
+            rejection = state.admission.check(request)
         if rejection is not None:
             kind = rejection.kind or _REFUSAL_KINDS.get(rejection.http_status, "other")
             self.refused[(request.transport, kind)] += 1
         return rejection
 
     def admission_delay(self, request: AdmissionRequest) -> float:
-        return self.admission.login_delay(request)
+        state = self.lan_of(request.lan)
+        return 0.0 if state is None else state.admission.login_delay(request)
 
     def count_refusal(self, transport: str, reason: str) -> None:
         self.refused[(transport, reason)] += 1
@@ -178,38 +200,35 @@ class Server:
 
     # -- per peer -----------------------------------------------------------------------
 
-    def _policy(self, peer_id: int, link: PeerLink, stats: RelayStats) -> FramePolicy:
-        lock = self.config.lan.lock_mac == "all" or (
-            self.config.lan.lock_mac == "ws" and link.transport in ("ws", "wss")
-        )
+    def _policy(
+        self, state: LanState, peer_id: int, link: PeerLink, stats: RelayStats
+    ) -> FramePolicy:
+        lan = state.config.lan
+        lock = lan.lock_mac == "all" or (lan.lock_mac == "ws" and link.transport in ("ws", "wss"))
 
         def claim(mac: bytes) -> None:
-            self._claim_mac(peer_id, link, mac)
+            self._claim_mac(state, peer_id, link, mac)
 
         guard = None
-        if lock or self.config.lan.lock_ip:
+        if lock or lan.lock_ip:
             guard = SourceGuard(
                 self.bridge_mac,
                 claim=claim,
-                leased_ip=self.leased_ip if self.config.lan.lock_ip else None,
+                leased_ip=state.leased_ip if lan.lock_ip else None,
             )
         return FramePolicy(
-            self.check,
+            state.check,
             stats.drops,
             guard,
-            self.config.lan.rate_limit,
-            self.rules,
-            broadcast_limit=self.config.lan.broadcast_limit,
+            lan.rate_limit,
+            state.rules,
+            broadcast_limit=lan.broadcast_limit,
             # An unlocked peer (a VM) may send from other MACs too, but its first MAC is
             # recorded all the same: nobody else may take it over.
             claim=claim if guard is None else None,
         )
 
-    def leased_ip(self, mac: bytes) -> bytes | None:
-        """The IPv4 address dnsmasq leased to ``mac`` (None: no lease known)."""
-        return self.leases.ip_of(mac) if self.leases is not None else None
-
-    def _claim_mac(self, peer_id: int, link: PeerLink, mac: bytes) -> None:
+    def _claim_mac(self, state: LanState, peer_id: int, link: PeerLink, mac: bytes) -> None:
         """A peer's first frame names its MAC; resolve a clash with a connected peer.
 
         Every peer's first MAC is recorded, locked or not, whatever its transport: the
@@ -222,7 +241,7 @@ class Server:
         is refused, also from the same host: a web page in a browser there can reach
         the WebSocket listener, and must not take the MAC of a VM on a local socket.
         """
-        owner_id = self.mac_owners.get(mac)
+        owner_id = state.mac_owners.get(mac)
         owner = self.peers.get(owner_id) if owner_id is not None else None
         if owner is not None and owner_id != peer_id:
             if owner.remote_ip != link.remote_ip or owner.transport != link.transport:
@@ -235,21 +254,28 @@ class Server:
             )
             owner.replaced_by = peer_id
             owner.cancel_scope.cancel()
-        self.mac_owners[mac] = peer_id
+        state.mac_owners[mac] = peer_id
 
     async def handle_peer(self, link: PeerLink) -> None:
         """Serve one peer until it ends; never raises anything but Cancelled."""
         ip = link.remote_ip
+        name = getattr(link, "lan", None) or DEFAULT_LAN
+        state = self.lans.get(name)
+        if state is None:
+            await self._refuse(link, Rejection(404, f"no such LAN: {name}", 1008), "no-lan")
+            return
         # Limits again, now synchronously with joining (the handshake-time check can race).
-        rejection = self.admission.check(AdmissionRequest(link.transport, ip), authenticate=False)
+        rejection = state.admission.check(
+            AdmissionRequest(link.transport, ip, lan=name), authenticate=False
+        )
         if rejection is not None:
             await self._refuse(link, rejection, "limit")
             return
-        self.admission.join(ip)
+        state.admission.join(ip)
         try:
-            await self._serve_admitted(link)
+            await self._serve_admitted(state, link)
         finally:
-            self.admission.leave(ip)
+            state.admission.leave(ip)
 
     async def _refuse(self, link: PeerLink, rejection: Rejection, kind: str) -> None:
         log.warning("%s %s refused: %s", link.transport, link.remote, rejection.reason)
@@ -260,7 +286,7 @@ class Server:
         await link.refuse(rejection)
 
     async def _open_tap_or_refuse(
-        self, stack: contextlib.AsyncExitStack, link: PeerLink
+        self, state: LanState, stack: contextlib.AsyncExitStack, link: PeerLink
     ) -> TapDevice | None:
         """The peer's TAP, attached and forwarding; None when the peer was refused.
 
@@ -268,7 +294,7 @@ class Server:
         the server's failure: the peer hears why, the log gets one line.
         """
         try:
-            return await stack.enter_async_context(self.lan.open_tap())
+            return await stack.enter_async_context(state.backend.open_tap())
         except (SetupError, OSError) as exc:
             reason = str(exc) if isinstance(exc, SetupError) else _describe(exc)
         except NetlinkError as exc:
@@ -279,14 +305,15 @@ class Server:
         await self._refuse(link, Rejection(503, reason, 1013), "no-tap")
         return None
 
-    async def _serve_admitted(self, link: PeerLink) -> None:
+    async def _serve_admitted(self, state: LanState, link: PeerLink) -> None:
         peer_id = next(self._ids)
         stats = RelayStats()
         reason: BaseException | None = None
-        policy = self._policy(peer_id, link, stats)
+        policy = self._policy(state, peer_id, link, stats)
+        on_lan = f" on LAN {state.name}" if self.named else ""
         try:
             async with contextlib.AsyncExitStack() as stack:
-                tap = await self._open_tap_or_refuse(stack, link)
+                tap = await self._open_tap_or_refuse(state, stack, link)
                 if tap is None:
                     return
                 with trio.CancelScope() as scope:
@@ -294,6 +321,7 @@ class Server:
                         peer_id, link.transport, link.remote, link.remote_ip, tap.name, stats, scope
                     )
                     info.link_drops = link.drops
+                    info.lan = state.name
                     # Only WebSocket links have an Origin (a browser's page); not in PeerLink.
                     info.origin = getattr(link, "origin", None)
                     self.peers[peer_id] = info
@@ -302,8 +330,9 @@ class Server:
                     if self.capture is not None and self.capture.capture_all:
                         self.capture.start(info)
                     log.info(
-                        "client %d connected: %s %s on %s%s",
+                        "client %d connected%s: %s %s on %s%s",
                         peer_id,
+                        on_lan,
                         link.transport,
                         link.remote,
                         tap.name,
@@ -315,6 +344,7 @@ class Server:
                         transport=link.transport,
                         remote=link.remote,
                         tap=tap.name,
+                        lan=state.name,
                     )
                     try:
                         # Only now is the peer told it joined: its TAP forwards.
@@ -352,8 +382,8 @@ class Server:
             )
         finally:
             mac = policy.mac
-            if mac is not None and self.mac_owners.get(mac) == peer_id:
-                del self.mac_owners[mac]
+            if mac is not None and state.mac_owners.get(mac) == peer_id:
+                del state.mac_owners[mac]
             info_gone = self.peers.pop(peer_id, None)
             stats.drops.update(link.drops)
             if stats.capture is not None and self.capture is not None:
@@ -379,6 +409,7 @@ class Server:
                     tap=info_gone.tap,
                     mac=mac_text(stats.mac),
                     reason=_describe(reason),
+                    lan=state.name,
                 )
             await link.aclose(reason)
 

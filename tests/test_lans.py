@@ -1,0 +1,128 @@
+"""Several LANs in one server (root mode): each client lands on the LAN its URL names,
+gets its lease and names from that LAN's dnsmasq, and reaches nothing of the others."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+import trio
+
+from .lanhost import BUSYBOX, add_client, netns_inode, require_tools, run_dirs
+from .netns import NetNS, NsFactory
+
+LANS = ("--lan", "a=10.86.1.0/24", "--lan", "b=10.86.2.0/24,dhcp-domain-name=b.lab")
+
+
+UPGRADE = (
+    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def upgrade_answer(ns: NetNS, path: str, port: int = 8086) -> str:
+    """The server's whole answer to a WebSocket upgrade of ``path`` (read until it hangs up)."""
+    stream = await ns.connect_tcp("127.0.0.1", port)
+    await stream.send_all(UPGRADE.format(path=path).encode())
+    data = b""
+    with trio.fail_after(10):
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    await stream.aclose()
+    return data.decode(errors="replace")
+
+
+async def test_clients_land_on_the_lan_their_path_names(world: NsFactory, tmp_path: Path) -> None:
+    require_tools()
+    srv = world.new("srv")
+    server = await srv.start_wsnic("-a", "0.0.0.0", "--api", "unix:/tmp/api.sock", *LANS)
+    await server.log.wait_for(r"INFO ready: LAN b 10\.86\.2\.0/24 on bridge wsl-b", timeout=30)
+    alice = await add_client(world, srv, tmp_path, 0, "alice", path="/lan/a")
+    dave = await add_client(world, srv, tmp_path, 1, "dave", path="/lan/a/")
+    bob = await add_client(world, srv, tmp_path, 2, "bob", path="/lan/b?x=1")
+    carol = await add_client(world, srv, tmp_path, 3, "carol", path="/")
+
+    lease = {
+        c: await c.dhcp(name)
+        for c, name in ((alice, "alice"), (dave, "dave"), (bob, "bob"), (carol, "carol"))
+    }
+    net = ipaddress.IPv4Network
+    for client, subnet in (
+        (alice, "10.86.1.0/24"),
+        (dave, "10.86.1.0/24"),
+        (bob, "10.86.2.0/24"),
+        (carol, "192.168.86.0/24"),
+    ):
+        got = lease[client]
+        assert ipaddress.IPv4Address(got["ip"]) in net(subnet), got
+        assert got["router"] == str(net(subnet).network_address + 1), got
+    assert lease[bob]["domain"] == "b.lab"
+    assert lease[alice]["domain"] == lease[carol]["domain"]  # inherited from the default LAN
+
+    # Same LAN: reachable, and by DHCP host name from the LAN's own DNS.
+    ok = await alice.ns.exec("ping", "-c", "1", "-W", "2", lease[dave]["ip"])
+    assert ok.returncode == 0, "two clients of one LAN reach each other"
+    found = await dave.ns.exec(BUSYBOX, "nslookup", "alice", "10.86.1.1")
+    assert lease[alice]["ip"] in found.stdout.decode(), found.stdout.decode()
+    # Another LAN: not by name, not by IP through the gateway, not even on the wire.
+    missing = await bob.ns.exec(BUSYBOX, "nslookup", "alice", "10.86.2.1")
+    assert lease[alice]["ip"] not in missing.stdout.decode()
+    routed = await alice.ns.exec("ping", "-c", "1", "-W", "2", lease[bob]["ip"])
+    assert routed.returncode != 0, "the host routes nothing between LANs"
+    alice.ns.ip("addr", "add", "10.86.2.250/24", "dev", "lan0")
+    wire = await alice.ns.exec("ping", "-c", "1", "-W", "2", "-I", "10.86.2.250", lease[bob]["ip"])
+    assert wire.returncode != 0, "no frame crosses from one LAN's bridge to another's"
+    gateway = await carol.ns.exec("ping", "-c", "1", "-W", "2", "10.86.1.1")
+    assert gateway.returncode != 0, "a LAN's gateway address is not reachable from another LAN"
+
+    # Each client is on its LAN in the API; each LAN is listed.
+    sock = f"/proc/{server.pid}/root/tmp/api.sock"
+    result = await trio.run_process(
+        ["curl", "-s", "--unix-socket", sock, "http://x/clients"], capture_stdout=True
+    )
+    on = {c["ip"]: c["lan"] for c in json.loads(result.stdout)["clients"]}
+    assert on == {
+        lease[alice]["ip"]: "a",
+        lease[dave]["ip"]: "a",
+        lease[bob]["ip"]: "b",
+        lease[carol]["ip"]: "default",
+    }
+    result = await trio.run_process(
+        ["curl", "-s", "--unix-socket", sock, "http://x/lans"], capture_stdout=True
+    )
+    lans = {row["name"]: row for row in json.loads(result.stdout)["lans"]}
+    assert list(lans) == ["default", "a", "b"]
+    assert (lans["a"]["bridge"], lans["a"]["clients"], lans["b"]["subnet"]) == (
+        "wsl-a",
+        2,
+        "10.86.2.0/24",
+    )
+
+    bridges = {"wsbr0", "wsl-a", "wsl-b"}
+    shown = srv.ip("-o", "link", "show", "type", "bridge").stdout
+    assert all(f" {b}:" in shown for b in bridges), shown
+    dirs = [d for d in run_dirs() if d.startswith(f"net{netns_inode(srv)}-")]
+    assert sorted(dirs) == sorted(f"net{netns_inode(srv)}-{b}" for b in bridges)
+    assert await server.stop() == 0
+    shown = srv.ip("-o", "link", "show", "type", "bridge").stdout
+    assert not any(f" {b}:" in shown for b in bridges), shown
+    assert not [d for d in run_dirs() if d.startswith(f"net{netns_inode(srv)}-")]
+    tables = await srv.exec("nft", "list", "tables")
+    assert "wsnic" not in tables.stdout.decode(), tables.stdout.decode()
+
+
+async def test_paths_that_name_no_lan_are_refused_before_the_upgrade(world: NsFactory) -> None:
+    require_tools()
+    srv = world.new("srv")
+    server = await srv.start_wsnic(*LANS)
+    await server.log.wait_for(r"INFO ready: LAN b ", timeout=30)
+    for path, status, words in (
+        ("/lan/zzz", 404, "no such LAN: zzz"),
+        ("/lan/Upper", 404, "is not a LAN name"),
+        ("/other", 404, "is no LAN path"),
+    ):
+        answer = await upgrade_answer(srv, path)
+        assert answer.startswith(f"HTTP/1.1 {status} "), answer
+        assert words in answer, answer
+    assert await server.stop() == 0
