@@ -11,6 +11,7 @@ import trio
 
 from .lanhost import BUSYBOX, add_client, netns_inode, require_tools, run_dirs
 from .netns import NetNS, NsFactory
+from .wsclients import close_ws, ws_client
 
 LANS = ("--lan", "a=10.86.1.0/24", "--lan", "b=10.86.2.0/24,dhcp-domain-name=b.lab")
 
@@ -125,4 +126,83 @@ async def test_paths_that_name_no_lan_are_refused_before_the_upgrade(world: NsFa
         answer = await upgrade_answer(srv, path)
         assert answer.startswith(f"HTTP/1.1 {status} "), answer
         assert words in answer, answer
+    assert await server.stop() == 0
+
+
+async def _api(
+    server_pid: int, method: str, path: str, body: str | None = None
+) -> tuple[int, dict]:  # type: ignore[type-arg]
+    sock = f"/proc/{server_pid}/root/tmp/api.sock"
+    argv = ["curl", "-s", "--unix-socket", sock, "-X", method, "-w", "\n%{http_code}"]
+    if body is not None:
+        argv += ["-H", "content-type: application/json", "--data", body]
+    result = await trio.run_process([*argv, f"http://x{path}"], capture_stdout=True)
+    text, _, status = result.stdout.decode().rpartition("\n")
+    return int(status), json.loads(text)
+
+
+async def test_lans_made_on_demand_and_removed_when_idle(
+    world: NsFactory, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    require_tools()
+    srv = world.new("srv")
+    server = await srv.start_wsnic(
+        "-a",
+        "0.0.0.0",
+        "--api",
+        "unix:/tmp/api.sock",
+        "--no-default-lan",
+        "--lan-pool",
+        "10.90.0.0/16",
+        "--lan-idle-timeout",
+        "3",
+        "--max-lans",
+        "20",
+    )
+    await server.log.wait_for(r"INFO LANs on demand: /24 blocks of 10\.90\.0\.0/16", timeout=30)
+    # The first client of a name makes its LAN; a real DHCP client gets a lease from it.
+    first = await add_client(world, srv, tmp_path, 0, "first", path="/lan/room-0")
+    lease = await first.dhcp("first")
+    assert ipaddress.IPv4Address(lease["ip"]) in ipaddress.IPv4Network("10.90.0.0/24"), lease
+    # Nineteen more, each by its first client: twenty LANs, twenty distinct pool subnets.
+    clients = [await ws_client(srv, nursery, path=f"/lan/room-{i}") for i in range(1, 20)]
+    status, answer = await _api(server.pid, "GET", "/lans")
+    lans = {row["name"]: row for row in answer["lans"]}
+    assert sorted(lans) == sorted(f"room-{i}" for i in range(20))
+    subnets = {ipaddress.IPv4Network(row["subnet"]) for row in lans.values()}
+    assert len(subnets) == 20 and all(
+        s.subnet_of(ipaddress.IPv4Network("10.90.0.0/16")) for s in subnets
+    )
+    assert all(row["on_demand"] and row["clients"] == 1 for row in lans.values())
+    # The twenty-first is refused: --max-lans.
+    answer_text = await upgrade_answer(srv, "/lan/room-20")
+    assert answer_text.startswith("HTTP/1.1 503 ") and "--max-lans" in answer_text, answer_text
+    # The API makes and removes them too (here: room-0, with its client on it).
+    status, _ = await _api(server.pid, "POST", "/lans", '{"name": "room-20"}')
+    assert status == 503  # still twenty
+    status, removed = await _api(server.pid, "DELETE", "/lans/room-0")
+    assert (status, removed) == (200, {"removed": "room-0", "clients_disconnected": 1})
+    await first.connect.log.wait_for(r"(disconnected|closed|reconnect)", timeout=10)
+    status, made = await _api(server.pid, "POST", "/lans", '{"name": "by-api"}')
+    assert status == 201 and made["on_demand"] and made["clients"] == 0, made
+    await first.connect.stop()
+
+    # Idle: three seconds after their last client left, every LAN goes with all it had.
+    for client in clients:
+        await close_ws(client)
+    with trio.fail_after(30):
+        while True:
+            status, answer = await _api(server.pid, "GET", "/lans")
+            if not answer["lans"]:
+                break
+            await trio.sleep(0.5)
+    assert "INFO LAN room-5 removed (no client for 3 s)" in server.log.text()
+    shown = srv.ip("-o", "link", "show", "type", "bridge").stdout
+    assert "wsl-" not in shown, shown
+    assert not [d for d in run_dirs() if d.startswith(f"net{netns_inode(srv)}-")]
+    tables = await srv.exec("nft", "list", "tables")
+    assert "wsnic_trio_wsl" not in tables.stdout.decode(), tables.stdout.decode()
+    dnsmasq = await srv.exec("sh", "-c", "pgrep -a dnsmasq || true")
+    ours = f"/run/wsnic-trio/net{netns_inode(srv)}-"
+    assert ours not in dnsmasq.stdout.decode(), "every LAN's dnsmasq is gone"
     assert await server.stop() == 0

@@ -92,6 +92,17 @@ def test_lan_tables_in_toml(tmp_path: Path) -> None:
         (["--lan", "a=10.0.0.0/24,mtu=9"], "LAN a: mtu:"),
         (["--lan", "a=10.0.0.0/24,lock-ip=true,disable-dhcp=true"], "LAN a: --lock-ip needs"),
         (["--no-default-lan"], "--no-default-lan leaves no LAN"),
+        (["--lan", "a=10.0.0.0/24,forward=127.0.0.1:80=10.0.0.9:80"], "the default LAN's only"),
+        (
+            [
+                "--no-default-lan",
+                "--lan",
+                "a=10.0.0.0/24",
+                "--forward",
+                "127.0.0.1:8=192.168.86.9:8",
+            ],
+            "--forward is for the default LAN",
+        ),
     ],
 )
 def test_named_lan_mistakes_are_one_clear_line(args: list[str], message: str) -> None:

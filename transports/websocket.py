@@ -265,7 +265,8 @@ class WebSocketTransport:
         #: Shared by the ws:// and wss:// listeners: the caps are the server's.
         self.gate = gate if gate is not None else handshake_gate(config)
         # Any LAN's largest frame; each LAN's own limit is the core's to enforce.
-        self.check = FrameCheck(max(lan.max_frame for lan in config.all_lans().values()))
+        lans = [config.lan, *config.all_lans().values()]  # config.lan: on-demand LANs' too
+        self.check = FrameCheck(max(lan.max_frame for lan in lans))
         #: Whether a path picks a LAN (once any LAN has a name), or every path is the one LAN.
         self.named = (
             bool(config.lans) or config.server.lan_pool is not None or not config.default_lan

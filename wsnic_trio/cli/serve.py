@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager
 
 import trio
 
+from wsnic_trio.cli.ondemand import OnDemandLans
 from wsnic_trio.cli.preflight import check_paths
 from wsnic_trio.config import Config
 from wsnic_trio.config.lans import DEFAULT_LAN
@@ -93,9 +94,9 @@ async def run_server(
                     else SeparatedLan(config, account, socket_files([*transports, *api_listeners]))
                 )
                 backends[name] = await stack.enter_async_context(backend)
-            lan = next(iter(backends.values()))
             if not several:
-                config = lan.config  # rootless: the lease file is in the helper's run directory
+                # Rootless: the lease file is in the helper's run directory.
+                config = backends[DEFAULT_LAN].config
             server = Server(config, backends, transports, tokens)
             if account is not None:
                 # --user: listeners are bound and the LAN is up; nothing below needs root.
@@ -103,7 +104,16 @@ async def run_server(
                 for problem in unreadable_files(config):
                     log.warning("as user %s: %s", account.user, problem)
             async with trio.open_nursery() as nursery:
-                for state in server.lans.values():
+                if config.server.lan_pool is not None:
+                    server.maker = OnDemandLans(config, server, nursery)
+                    log.info(
+                        "LANs on demand: /%d blocks of %s, at most %s, removed after %g s idle",
+                        config.server.lan_prefix,
+                        config.server.lan_pool,
+                        config.server.max_lans or "any number",
+                        config.server.lan_idle_timeout,
+                    )
+                for state in list(server.lans.values()):
                     view = state.config
                     if not view.lan.disable_dhcp and not isinstance(state.backend, HelperLan):
                         await nursery.start(serve_dnsmasq, view, server.count_dnsmasq_restart)
@@ -112,13 +122,16 @@ async def run_server(
                         nursery.start_soon(state.leases.watch)
                 # Forwards open their remote side in the LAN's namespace (rootless: the
                 # helper makes the socket), else here.
+                main = backends.get(DEFAULT_LAN)
                 open_remote: OpenRemote = (
-                    lan.open_remote if isinstance(lan, RootlessLan) else open_remote_here
+                    main.open_remote if isinstance(main, RootlessLan) else open_remote_here
                 )
                 await start_control(nursery, server, api_listeners, api_tokens, open_remote)
                 for transport in transports:
                     await nursery.start(transport.serve, server)
                     log.info("listening on %s", transport.describe())
+                if not server.lans:
+                    log.info("ready: no LAN until a client asks for one (/lan/NAME)")
                 for state in server.lans.values():
                     named = f" {state.name}" if server.named else ""
                     log.info(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -86,12 +87,20 @@ class Config:
     def for_lan(self, name: str) -> Config:
         """The configuration as one LAN sees it: the server's settings and this LAN's as
         ``lan`` (what the LAN's bridge, dnsmasq, rules and listeners are made from)."""
-        lan = self.all_lans()[name] if name != DEFAULT_LAN else self.lan
+        return self.view(self.all_lans()[name] if name != DEFAULT_LAN else self.lan)
+
+    def view(self, lan: LanConfig) -> Config:
+        """The server's settings with ``lan`` as the LAN (see :meth:`for_lan`)."""
         view = object.__new__(Config)
         object.__setattr__(view, "server", self.server)
         object.__setattr__(view, "lan", lan)
         object.__setattr__(view, "lans", {})
         return view
+
+    def on_demand_lan(self, name: str, subnet: ipaddress.IPv4Network) -> LanConfig:
+        """The settings of a LAN made on demand (``--lan-pool``): the default LAN's, with
+        its own subnet and bridge."""
+        return _named_lan(LanSpec(name, (("subnet", subnet),)), self.lan)
 
     def replace(self, **values: Any) -> Config:
         """A copy with some options changed (flat names, checked like any others)."""
@@ -151,6 +160,8 @@ def _named_lans(server: ServerConfig, default: LanConfig) -> dict[str, LanConfig
         lans[spec.name] = _named_lan(spec, default)
     if not lans and server.no_default_lan and server.lan_pool is None:
         raise ConfigError("--no-default-lan leaves no LAN: add --lan or --lan-pool")
+    if server.no_default_lan and default.forward:
+        raise ConfigError("--forward is for the default LAN, and --no-default-lan turns it off")
     everything = {DEFAULT_LAN: default, **lans} if not server.no_default_lan else lans
     check_disjoint({name: lan.subnet for name, lan in everything.items()})
     _check_unique(everything, "bridge", lambda lan: [lan.bridge])
@@ -168,6 +179,10 @@ def _named_lan(spec: LanSpec, default: LanConfig) -> LanConfig:
         if option is None:
             whose = " (it is the server's, not a LAN's)" if key in SERVER_OPTIONS else ""
             raise ConfigError(f"LAN {spec.name}: {raw_key!r} is not a LAN option{whose}")
+        if key == "forward":
+            raise ConfigError(
+                f"LAN {spec.name}: port forwards (--forward) are the default LAN's only for now"
+            )
         typed[key] = convert(option, raw, f"LAN {spec.name}: {key}")
     if "subnet" not in typed:
         raise ConfigError(

@@ -14,10 +14,12 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import trio
 
 from wsnic_trio.config.endpoints import make_forward
+from wsnic_trio.config.lans import check_lan_name
 from wsnic_trio.control.forward import ForwardError, ForwardManager
 from wsnic_trio.control.http import (
     ApiListener,
@@ -34,6 +36,8 @@ from wsnic_trio.control.metrics import CONTENT_TYPE_LATEST, make_registry, rende
 from wsnic_trio.control.pcap import PeerGone
 from wsnic_trio.control.state import Control
 from wsnic_trio.core import MAX_SUBSCRIBERS, TokenStore, Totals, mac_text, merged_totals
+from wsnic_trio.errors import SetupError
+from wsnic_trio.util.text import printable
 
 if TYPE_CHECKING:
     from wsnic_trio.core import PeerInfo
@@ -73,7 +77,8 @@ class ApiServer:
                 re.compile(r"/clients/([0-9]+)/pcap"),
                 {"POST": self.start_pcap, "DELETE": self.stop_pcap},
             ),
-            (re.compile(r"/lans"), {"GET": self.get_lans}),
+            (re.compile(r"/lans"), {"GET": self.get_lans, "POST": self.add_lan}),
+            (re.compile(r"/lans/([^/]+)"), {"GET": self.get_lan, "DELETE": self.rm_lan}),
             (re.compile(r"/stats"), {"GET": self.get_stats}),
             (re.compile(r"/leases"), {"GET": self.get_leases}),
             (
@@ -132,6 +137,9 @@ class ApiServer:
                     "POST /clients/{id}/pcap",
                     "DELETE /clients/{id}/pcap",
                     "GET /lans",
+                    "GET /lans/{name}",
+                    "POST /lans",
+                    "DELETE /lans/{name}",
                     "GET /stats",
                     "GET /leases",
                     "GET /forwards",
@@ -187,27 +195,74 @@ class ApiServer:
             "capture": capture.describe() if capture is not None else None,
         }
 
+    def lan_view(self, name: str) -> dict[str, Any]:
+        state = self.server.lans[name]
+        lan = state.config.lan
+        return {
+            "name": name,
+            "subnet": str(lan.subnet),
+            "gateway": str(lan.bridge_address),
+            "bridge": lan.bridge,
+            "mtu": lan.mtu,
+            "dhcp": not lan.disable_dhcp,
+            "nat": lan.enable_inet,
+            "on_demand": state.on_demand,
+            "clients": sum(1 for info in self.server.peers.values() if info.lan == name),
+            "leases": len(state.leases.leases) if state.leases is not None else None,
+        }
+
+    def _lan_name(self, match: re.Match[str]) -> str:
+        name = unquote(match.group(1))
+        if name not in self.server.lans:
+            raise HttpError(404, f"no such LAN: {printable(name, 40)}")
+        return name
+
     async def get_lans(self, request: Request, match: re.Match[str]) -> Response:
-        by_lan: dict[str, int] = {}
-        for info in self.server.peers.values():
-            by_lan[info.lan] = by_lan.get(info.lan, 0) + 1
-        rows = []
-        for name, state in self.server.lans.items():
-            lan = state.config.lan
-            rows.append(
-                {
-                    "name": name,
-                    "subnet": str(lan.subnet),
-                    "gateway": str(lan.bridge_address),
-                    "bridge": lan.bridge,
-                    "mtu": lan.mtu,
-                    "dhcp": not lan.disable_dhcp,
-                    "nat": lan.enable_inet,
-                    "clients": by_lan.get(name, 0),
-                    "leases": len(state.leases.leases) if state.leases is not None else None,
-                }
+        await self._fresh_leases()
+        return json_response({"lans": [self.lan_view(name) for name in self.server.lans]})
+
+    async def get_lan(self, request: Request, match: re.Match[str]) -> Response:
+        await self._fresh_leases()
+        return json_response(self.lan_view(self._lan_name(match)))
+
+    async def add_lan(self, request: Request, match: re.Match[str]) -> Response:
+        data = request.json_object()
+        unknown = set(data) - {"name"}
+        if unknown:
+            raise HttpError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        name = data.get("name")
+        if not isinstance(name, str):
+            raise HttpError(400, "field 'name' is required: the new LAN's name")
+        try:
+            check_lan_name(name)
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        maker = self.server.maker
+        if maker is None:
+            raise HttpError(409, "this server makes no LANs on demand (start it with --lan-pool)")
+        if name in self.server.lans:
+            raise HttpError(409, f"LAN {name} exists")
+        refused = maker.refusal(name)
+        if refused is not None:
+            raise HttpError(refused.http_status, refused.reason)
+        try:
+            await maker.make(name)
+        except SetupError as exc:
+            raise HttpError(503, f"LAN {name}: {exc}") from None
+        return json_response(self.lan_view(name), 201)
+
+    async def rm_lan(self, request: Request, match: re.Match[str]) -> Response:
+        name = self._lan_name(match)
+        maker = self.server.maker
+        if maker is None or not self.server.lans[name].on_demand:
+            raise HttpError(
+                409,
+                f"LAN {name} is configured: it stays until the server stops (DELETE "
+                "/clients/{id} disconnects its clients)",
             )
-        return json_response({"lans": rows})
+        kicked = sum(1 for info in self.server.peers.values() if info.lan == name)
+        await maker.remove(name)
+        return json_response({"removed": name, "clients_disconnected": kicked})
 
     async def get_clients(self, request: Request, match: re.Match[str]) -> Response:
         await self._fresh_leases()

@@ -24,10 +24,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from wsnic_trio.config import Config
 from wsnic_trio.config.lans import DEFAULT_LAN
-from wsnic_trio.core.admission import FailureLimiter, TokenStore
+from wsnic_trio.core.admission import Admission, FailureLimiter, TokenStore
 from wsnic_trio.core.events import EventBus
 from wsnic_trio.core.guard import FramePolicy, SourceGuard, refuse_mac
-from wsnic_trio.core.lanstate import BRIDGE_MAC_BYTES, LanState
+from wsnic_trio.core.lanstate import BRIDGE_MAC_BYTES, LanMaker, LanState
 from wsnic_trio.core.relay import RelayStats, relay
 from wsnic_trio.core.stats import Totals, mac_text
 from wsnic_trio.errors import ConfigError, PeerClosed, PeerError, SetupError
@@ -101,7 +101,8 @@ class Server:
         self.peers: dict[int, PeerInfo] = {}
         self._ids = itertools.count(1)
         self.tokens = tokens or TokenStore(None)
-        limiter = FailureLimiter()
+        #: The login brake, shared by every LAN (a guess is a guess on any of them).
+        self.limiter = limiter = FailureLimiter()
         backends = lan if isinstance(lan, Mapping) else {DEFAULT_LAN: lan}
         #: Every LAN by name (``default`` for the one the LAN options configure).
         self.lans: dict[str, LanState] = {
@@ -117,11 +118,9 @@ class Server:
         #: Whether LANs have names (a WebSocket path picks one): log lines then say which.
         self.named = len(self.lans) > 1 or DEFAULT_LAN not in self.lans
         # The first LAN (the default one, when it runs) for what has only one LAN yet:
-        # the control API's leases and forwards, the login brake's admission.
-        main = next(iter(self.lans.values()))
-        self.lan = main.backend
-        self.admission = main.admission
-        self.leases = main.leases
+        # the control API's leases and forwards.
+        main = next(iter(self.lans.values()), None)
+        self.leases = main.leases if main is not None else None
         self.bridge_mac = BRIDGE_MAC_BYTES
         # -- what the control API shows (docs/api.md) --
         self.started_at = time.time()
@@ -133,11 +132,18 @@ class Server:
         self.dnsmasq_restarts = 0
         #: Packet capture, when the control layer runs it (``--pcap``).
         self.capture: CaptureHook | None = None
+        #: Makes a LAN for a name no LAN has yet (``--lan-pool``); None: unknown names 404.
+        self.maker: LanMaker | None = None
+        #: Who may join a LAN that does not exist yet (tokens, origin; no client limits).
+        self._newcomers = Admission(
+            self.tokens, limiter=limiter, origins=config.server.allow_origin
+        )
 
     @property
     def mac_owners(self) -> dict[bytes, int]:
         """The first LAN's MAC owners (each LAN has its own: ``lans[name].mac_owners``)."""
-        return next(iter(self.lans.values())).mac_owners
+        main = next(iter(self.lans.values()), None)
+        return main.mac_owners if main is not None else {}
 
     def kick(self, peer_id: int, reason: str = "kicked by the API") -> bool:
         """Disconnect a peer (its TAP goes with it); False when there is no such peer."""
@@ -162,12 +168,12 @@ class Server:
 
     def admit(self, request: AdmissionRequest) -> Rejection | None:
         state = self.lan_of(request.lan)
-        if state is None:
-            rejection: Rejection | None = Rejection(
-                404, f"no such LAN: {request.lan or DEFAULT_LAN}", 1008, "no-lan"
-            )
-        else:
+        if state is not None:
             rejection = state.admission.check(request)
+        elif self.maker is not None and request.lan is not None:
+            rejection = self._newcomers.check(request) or self.maker.refusal(request.lan)
+        else:
+            rejection = Rejection(404, f"no such LAN: {request.lan or DEFAULT_LAN}", 1008, "no-lan")
         if rejection is not None:
             kind = rejection.kind or _REFUSAL_KINDS.get(rejection.http_status, "other")
             self.refused[(request.transport, kind)] += 1
@@ -175,7 +181,7 @@ class Server:
 
     def admission_delay(self, request: AdmissionRequest) -> float:
         state = self.lan_of(request.lan)
-        return 0.0 if state is None else state.admission.login_delay(request)
+        return (state.admission if state is not None else self._newcomers).login_delay(request)
 
     def count_refusal(self, transport: str, reason: str) -> None:
         self.refused[(transport, reason)] += 1
@@ -261,6 +267,17 @@ class Server:
         ip = link.remote_ip
         name = getattr(link, "lan", None) or DEFAULT_LAN
         state = self.lans.get(name)
+        if state is None and self.maker is not None and name != DEFAULT_LAN:
+            refused = self.maker.refusal(name)
+            if refused is not None:
+                await self._refuse(link, refused, refused.kind or "limit")
+                return
+            try:
+                state = await self.maker.make(name)
+            except SetupError as exc:
+                log.error("LAN %s could not be made: %s", name, exc)
+                await self._refuse(link, Rejection(503, f"LAN {name}: {exc}", 1013), "no-lan")
+                return
         if state is None:
             await self._refuse(link, Rejection(404, f"no such LAN: {name}", 1008), "no-lan")
             return
@@ -272,10 +289,13 @@ class Server:
             await self._refuse(link, rejection, "limit")
             return
         state.admission.join(ip)
+        state.idle_since = None
         try:
             await self._serve_admitted(state, link)
         finally:
             state.admission.leave(ip)
+            if state.admission.clients == 0:
+                state.idle_since = trio.current_time()
 
     async def _refuse(self, link: PeerLink, rejection: Rejection, kind: str) -> None:
         log.warning("%s %s refused: %s", link.transport, link.remote, rejection.reason)
