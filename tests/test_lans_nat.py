@@ -23,6 +23,7 @@ from .lanhost import (
     watchdog_of,
 )
 from .netns import NetNS, NsFactory
+from .test_browser import PAGE, browse, chromium
 from .test_lans import upgrade_answer
 from .test_nat import _fetch, _http_server
 
@@ -247,4 +248,42 @@ async def test_tokens_bound_to_lans(world: NsFactory, tmp_path: Path) -> None:
         answer = await upgrade_answer(srv, path)
         assert answer.startswith(f"HTTP/1.1 {status} "), (path, answer)
         assert words in answer, (path, answer)
+    assert await server.stop() == 0
+
+
+def _lan_a_page() -> str:
+    """The browser test's page, asking for LAN a's gateway from an address of LAN a."""
+    page = PAGE.replace("ip = [192, 168, 86, 77]", "ip = [10, 86, 1, 77]")
+    page = page.replace("target = [192, 168, 86, 1]", "target = [10, 86, 1, 1]")
+    assert page.count("10, 86, 1") == 2
+    return page
+
+
+async def test_chromium_with_a_token_bound_to_lan_a(world: NsFactory, tmp_path: Path) -> None:
+    """A real browser: accepted on a, HTTP 403 on b; a LAN that does not exist: 404."""
+    require_tools()
+    chromium()
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alpha a\n")
+    page = tmp_path / "page.html"
+    page.write_text(_lan_a_page())
+    ns = world.new("srv")
+    server = await ns.start_wsnic(
+        "--auth-token-file", str(tokens), "--lan", "a=10.86.1.0/24", "--lan", "b=10.86.2.0/24"
+    )
+    await server.log.wait_for(r"INFO ready: LAN b ", timeout=30)
+    result = await browse(ns, page, "ws://127.0.0.1:8086/lan/a?token=alpha")
+    assert result == "arp-reply 02:77:73:00:00:01 10.86.1.1 protocol=", result
+    # (Linux answers ARP for its addresses on any bridge: the log says which LAN it was.)
+    assert server.log.find(r"client 1 connected on LAN a: ws 127\.0\.0\.1:"), server.log.text()
+    await server.log.wait_for(r"client 1 disconnected \(closed by peer \(code 1000\)\)")
+    for lan, status, words in (
+        ("b", 403, "this token does not open LAN b"),
+        ("zzz", 404, "no such LAN: zzz"),
+    ):
+        mark = len(server.log.lines)
+        refused = await browse(ns, page, f"ws://127.0.0.1:8086/lan/{lan}?token=alpha")
+        assert refused.startswith(("error", "closed")), refused
+        await server.log.wait_for(rf"refused \(HTTP {status}\): {words}", start=mark)
+    assert not server.log.find(r"client 2 connected"), "only the page on a joined"
     assert await server.stop() == 0
