@@ -72,8 +72,9 @@ class TableNote:
     """What the table's comment remembers about the run that made it.
 
     ``ip_forward`` is the value to restore after a crash; None when the run does not
-    change the sysctl (no ``-i``): a later run must then leave it alone, whatever it is,
-    since somebody else (Docker, libvirt) may have changed it since.
+    change the sysctl (no ``-i``, or it found forwarding on): a later run must then leave
+    it alone, whatever it is, since somebody else (Docker, libvirt) may have changed it
+    since.
     """
 
     pid: int
@@ -316,7 +317,11 @@ async def host_filter(lan: LanConfig, pid: int) -> AsyncIterator[str | None]:
         bridge_address=lan.bridge_address,
         uplink=uplink,
         allow_private=lan.allow_private,
-        note=TableNote(pid, lan.bridge, before),
+        # Only a run that turns forwarding on records a value to put back after a crash.
+        # One that found it on (the host did, or another LAN of this server) must not:
+        # the next start clears the LANs in turn, and would turn it on again after the
+        # LAN that turned it on had been cleared.
+        note=TableNote(pid, lan.bridge, before if before != "1" else None),
     )
     table = table_name(lan.bridge)
     installed = False
