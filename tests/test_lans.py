@@ -11,6 +11,7 @@ import trio
 
 from .lanhost import BUSYBOX, add_client, netns_inode, require_tools, run_dirs
 from .netns import NetNS, NsFactory
+from .test_api import metric_samples
 from .wsclients import close_ws, ws_client
 
 LANS = ("--lan", "a=10.86.1.0/24", "--lan", "b=10.86.2.0/24,dhcp-domain-name=b.lab")
@@ -99,6 +100,15 @@ async def test_clients_land_on_the_lan_their_path_names(world: NsFactory, tmp_pa
         2,
         "10.86.2.0/24",
     )
+
+    result = await trio.run_process(
+        ["curl", "-s", "--unix-socket", sock, "http://x/metrics"], capture_stdout=True
+    )
+    samples = metric_samples(result.stdout.decode())
+    for lan, count in (("default", 1), ("a", 2), ("b", 1)):
+        assert samples[("wsnic_clients_connected", (("lan", lan), ("transport", "ws")))] == count
+        assert samples[("wsnic_dhcp_leases", (("lan", lan),))] == count
+    assert samples[("wsnic_lans", ())] == 3
 
     bridges = {"wsbr0", "wsl-a", "wsl-b"}
     shown = srv.ip("-o", "link", "show", "type", "bridge").stdout

@@ -121,7 +121,7 @@ class OnDemandLans:
                     if state.leases is not None:
                         nursery.start_soon(state.leases.watch)
                     self._remove_now[name] = trio.Event()
-                    self.server.lans[name] = state
+                    self.server.add_lan(state)
                     state.idle_since = trio.current_time()
                     log.info("LAN %s made on demand: %s on bridge %s", name, subnet, lan.bridge)
                     self.server.events.publish(

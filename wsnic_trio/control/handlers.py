@@ -19,7 +19,7 @@ from urllib.parse import unquote
 import trio
 
 from wsnic_trio.config.endpoints import make_forward
-from wsnic_trio.config.lans import check_lan_name
+from wsnic_trio.config.lans import DEFAULT_LAN, check_lan_name
 from wsnic_trio.control.forward import ForwardError, ForwardManager
 from wsnic_trio.control.http import (
     ApiListener,
@@ -35,7 +35,14 @@ from wsnic_trio.control.http import (
 from wsnic_trio.control.metrics import CONTENT_TYPE_LATEST, make_registry, render
 from wsnic_trio.control.pcap import PeerGone
 from wsnic_trio.control.state import Control
-from wsnic_trio.core import MAX_SUBSCRIBERS, TokenStore, Totals, mac_text, merged_totals
+from wsnic_trio.core import (
+    MAX_SUBSCRIBERS,
+    TokenStore,
+    Totals,
+    mac_text,
+    merged_totals,
+    per_transport,
+)
 from wsnic_trio.errors import SetupError
 from wsnic_trio.util.text import printable
 
@@ -152,7 +159,7 @@ class ApiServer:
         )
 
     async def _fresh_leases(self) -> None:
-        for state in self.server.lans.values():
+        for state in list(self.server.lans.values()):  # LANs come and go while we wait
             if state.leases is not None:
                 await state.leases.update()
 
@@ -309,11 +316,14 @@ class ApiServer:
 
     async def get_stats(self, request: Request, match: re.Match[str]) -> Response:
         server = self.server
-        totals = merged_totals(
-            server.totals,
-            ((i.transport, i.stats, i.link_drops) for i in server.peers.values()),
-            (t.name for t in server.transports),
+        totals = per_transport(
+            merged_totals(
+                server.totals,
+                (((i.transport, i.lan), i.stats, i.link_drops) for i in server.peers.values()),
+            )
         )
+        for transport in server.transports:
+            totals.setdefault(transport.name, Totals())
         everything = Totals()
         transports: dict[str, Any] = {}
         for name, t in sorted(totals.items()):
@@ -361,6 +371,8 @@ class ApiServer:
 
     async def add_forward(self, request: Request, match: re.Match[str]) -> Response:
         manager = self._forwards()
+        if DEFAULT_LAN not in self.server.lans:
+            raise HttpError(409, "port forwards go to the default LAN, and this server runs none")
         data = request.json_object()
         unknown = set(data) - {"local", "remote", "protocol"}
         if unknown:

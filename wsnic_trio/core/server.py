@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import trio
@@ -119,13 +119,16 @@ class Server:
         self.named = len(self.lans) > 1 or DEFAULT_LAN not in self.lans
         # The first LAN (the default one, when it runs) for what has only one LAN yet:
         # the control API's leases and forwards.
-        main = next(iter(self.lans.values()), None)
-        self.leases = main.leases if main is not None else None
+        default = self.lans.get(DEFAULT_LAN)
+        #: The default LAN's leases (its port forwards look names up there).
+        self.leases = default.leases if default is not None else None
+        #: Called with each LAN made after start (on demand).
+        self.on_lan_added: list[Callable[[LanState], None]] = []
         self.bridge_mac = BRIDGE_MAC_BYTES
         # -- what the control API shows (docs/api.md) --
         self.started_at = time.time()
-        #: Per transport: connections since start, and the traffic of peers that left.
-        self.totals: dict[str, Totals] = {}
+        #: Per (transport, LAN): connections since start, and the traffic of peers that left.
+        self.totals: dict[tuple[str, str], Totals] = {}
         self.events = EventBus()
         #: Would-be peers turned away (in or after their handshake), by (transport, why).
         self.refused: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -156,7 +159,13 @@ class Server:
 
     def _mac_seen(self, info: PeerInfo, mac: bytes) -> None:
         log.info("client %d uses MAC %s (%s on %s)", info.id, mac.hex(":"), info.remote, info.tap)
-        self.events.publish("client-mac", id=info.id, tap=info.tap, mac=mac.hex(":"))
+        self.events.publish("client-mac", id=info.id, tap=info.tap, mac=mac.hex(":"), lan=info.lan)
+
+    def add_lan(self, state: LanState) -> None:
+        """Register a LAN made after start (on demand)."""
+        self.lans[state.name] = state
+        for hook in self.on_lan_added:
+            hook(state)
 
     def count_dnsmasq_restart(self) -> None:
         self.dnsmasq_restarts += 1
@@ -301,7 +310,11 @@ class Server:
         log.warning("%s %s refused: %s", link.transport, link.remote, rejection.reason)
         self.refused[(link.transport, kind)] += 1
         self.events.publish(
-            "client-refused", transport=link.transport, remote=link.remote, reason=rejection.reason
+            "client-refused",
+            transport=link.transport,
+            remote=link.remote,
+            reason=rejection.reason,
+            lan=getattr(link, "lan", None) or DEFAULT_LAN,
         )
         await link.refuse(rejection)
 
@@ -345,7 +358,7 @@ class Server:
                     # Only WebSocket links have an Origin (a browser's page); not in PeerLink.
                     info.origin = getattr(link, "origin", None)
                     self.peers[peer_id] = info
-                    self.totals.setdefault(link.transport, Totals()).connections += 1
+                    self.totals.setdefault((link.transport, state.name), Totals()).connections += 1
                     stats.on_mac = functools.partial(self._mac_seen, info)
                     if self.capture is not None and self.capture.capture_all:
                         self.capture.start(info)
@@ -410,7 +423,7 @@ class Server:
                 self.capture.stop(peer_id)
             if info_gone is not None:
                 info_gone.gone.set()
-                self.totals.setdefault(link.transport, Totals()).add(stats)
+                self.totals.setdefault((link.transport, state.name), Totals()).add(stats)
                 log.info(
                     "client %d disconnected (%s): %s %s on %s, MAC %s: %s",
                     peer_id,
