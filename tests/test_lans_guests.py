@@ -149,8 +149,8 @@ async def test_qemu_on_lan_a_and_uml_on_lan_b_reach_their_own_lan_only(
             ipaddress.IPv4Address(wa["ip"]) in A_NET and wa["router"] == A_GW,
             f"client lease on /lan/a: {wa}",
         )
-        wa_mac = client.ns.ip("-o", "link", "show", "dev", "lan0").stdout.split("link/ether ")[1]
-        wa_mac = wa_mac.split()[0]
+        shown = client.ns.ip("-o", "link", "show", "dev", "lan0").stdout
+        wa_mac = shown.split("link/ether ")[1].split()[0]
 
         with removed_after(f"{sockdir}/ub.sock", f"{sockdir}/ub2.sock"):
             # 1. UML guest ub on LAN b, serving: it is up while the QEMU guest probes it.
@@ -237,7 +237,7 @@ async def test_qemu_on_lan_a_and_uml_on_lan_b_reach_their_own_lan_only(
             lan.check(pinged.returncode != 0, f"the client on LAN a reaches ub at {ub_ip}")
 
             # 5. Broadcasts and every other frame stayed on their own LAN's bridge.
-            await trio.sleep(0.5)
+            await trio.sleep(0.5)  # the captures read what is still queued
             a_cap, b_cap = captures["wsl-a"], captures["wsl-b"]
             for cap, mac in ((a_cap, qa.mac), (a_cap, wa_mac), (b_cap, ub.mac), (b_cap, ub2.mac)):
                 lan.check(
