@@ -287,3 +287,47 @@ async def test_chromium_with_a_token_bound_to_lan_a(world: NsFactory, tmp_path: 
         await server.log.wait_for(rf"refused \(HTTP {status}\): {words}", start=mark)
     assert not server.log.find(r"client 2 connected"), "only the page on a joined"
     assert await server.stop() == 0
+
+
+async def test_on_demand_lans_share_forwarding_whatever_order_they_go(
+    world: NsFactory, tmp_path: Path
+) -> None:
+    """ip_forward is one switch: the LAN that turned it on may go first while another
+    LAN still masquerades through it; the last LAN to go puts it back."""
+    require_tools()
+    srv, upstream, _ = _with_upstream(world)
+    await _http_server(upstream, UPSTREAM, 8000, tmp_path / "up", "upstream-web")
+    assert snapshot(srv)["ip_forward"].strip() == "0"
+    server = await srv.start_wsnic(
+        "-a",
+        "0.0.0.0",
+        "-i",
+        "--no-default-lan",
+        "--lan-pool",
+        "10.91.0.0/16",
+        "--lan-idle-timeout",
+        "600",
+        "--api",
+        "unix:/tmp/api.sock",
+    )
+    first = await add_client(world, srv, tmp_path, 0, "first", path="/lan/x")
+    await first.dhcp("first")
+    assert snapshot(srv)["ip_forward"].strip() == "1"
+    second = await add_client(world, srv, tmp_path, 1, "second", path="/lan/y")
+    await second.dhcp("second")
+    sock = f"/proc/{server.pid}/root/tmp/api.sock"
+    removed = await trio.run_process(
+        ["curl", "-sf", "--unix-socket", sock, "-X", "DELETE", "http://x/lans/x"],
+        capture_stdout=True,
+    )
+    assert b'"removed": "x"' in removed.stdout
+    assert snapshot(srv)["ip_forward"].strip() == "1", "y still needs forwarding"
+    code, page = await _fetch(second.ns, f"http://{UPSTREAM}:8000/")
+    assert code == 0 and "hello from upstream-web" in page, "y's NAT still works"
+    await trio.run_process(
+        ["curl", "-sf", "--unix-socket", sock, "-X", "DELETE", "http://x/lans/y"],
+        capture_stdout=True,
+    )
+    assert snapshot(srv)["ip_forward"].strip() == "0", "the last LAN put it back"
+    assert "wsnic_trio_forward" not in (await srv.exec("nft", "list", "tables")).stdout.decode()
+    assert await server.stop() == 0

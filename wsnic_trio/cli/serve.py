@@ -85,6 +85,9 @@ async def run_server(
                 "several LANs (--lan, [lan.NAME], --lan-pool) run only as root for now, not "
                 "with --user"
             )
+        if several:
+            on_demand = ", and LANs on demand" if config.server.lan_pool is not None else ""
+            log.info("mode: root mode, %d LANs%s", len(config.all_lans()), on_demand)
         async with contextlib.AsyncExitStack() as stack:
             backends: dict[str, LanBackend] = {}
             for name in config.all_lans():

@@ -563,7 +563,8 @@ async def open_backend(
         raise ConfigError(
             f"several LANs (--lan, [lan.NAME], --lan-pool) run only as root for now ({why})"
         )
-    log.info("mode: %s", why)
+    if not several:  # with several LANs the server says it once for all of them
+        log.info("mode: %s", why)
     if rootless:
         async with RootlessLan(config) as lan:
             yield lan
