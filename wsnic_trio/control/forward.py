@@ -29,12 +29,13 @@ the whole server.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
@@ -76,6 +77,8 @@ class Forward:
     spec: ForwardSpec  # with the port really bound (``:0`` asks for any free one)
     requested: str
     scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+    #: Set once its local socket is closed (after :meth:`ForwardManager.remove`).
+    closed: trio.Event = dataclasses.field(default_factory=trio.Event)
     active: int = 0
     total: int = 0
     refused: int = 0
@@ -197,7 +200,10 @@ class ForwardManager:
         return fwd
 
     def remove(self, local: str, protocol: str | None = None) -> list[Forward]:
-        """Stop the forwards on ``local`` (of one protocol, or all); raises when none."""
+        """Stop the forwards on ``local`` (of one protocol, or all); raises when none.
+
+        Their sockets close as their tasks end; wait for ``closed`` to be sure nothing
+        listens there any more."""
         keys = [
             key
             for key in self.forwards
@@ -344,6 +350,7 @@ class ForwardManager:
                         nursery.start_soon(self._tcp_connection, fwd, stream)
         finally:
             await trio.aclose_forcefully(listener)
+            fwd.closed.set()
 
     async def _tcp_connection(self, fwd: Forward, client: trio.SocketStream) -> None:
         """Proxy one connection; raises nothing but Cancelled (see the module's doc)."""
@@ -382,7 +389,7 @@ class ForwardManager:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         sessions: dict[Any, trio.MemorySendChannel[bytes]] = {}
-        with sock, fwd.scope:
+        with _closing_signals(fwd), sock, fwd.scope:
             async with trio.open_nursery() as nursery:
                 task_status.started()
                 while True:
@@ -468,6 +475,14 @@ class ForwardManager:
         finally:
             sessions.pop(source, None)
             fwd.active -= 1
+
+
+@contextlib.contextmanager
+def _closing_signals(fwd: Forward) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        fwd.closed.set()
 
 
 async def _pipe(

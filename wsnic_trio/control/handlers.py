@@ -57,6 +57,8 @@ log = logging.getLogger("wsnic_trio.api")
 #: no client, and would cost the parser dearly).
 _MAX_ID_DIGITS = 18
 KICK_TIMEOUT = 10.0
+#: How long DELETE /forwards waits for the local sockets to be closed.
+_CLOSE_TIMEOUT = 5.0
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -400,6 +402,10 @@ class ApiServer:
         if protocol is not None and protocol not in ("tcp", "udp"):
             raise HttpError(400, 'field \'protocol\' must be "tcp" or "udp"')
         gone = manager.remove(local, protocol)
+        # Answer once nothing listens there any more, so the caller can rely on it.
+        with trio.move_on_after(_CLOSE_TIMEOUT):
+            for fwd in gone:
+                await fwd.closed.wait()
         return json_response({"removed": [f.describe() for f in gone]})
 
     async def get_metrics(self, request: Request, match: re.Match[str]) -> Response:
