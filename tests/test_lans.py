@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -38,7 +39,7 @@ async def upgrade_answer(ns: NetNS, path: str, port: int = 8086) -> str:
 async def test_clients_land_on_the_lan_their_path_names(world: NsFactory, tmp_path: Path) -> None:
     require_tools()
     srv = world.new("srv")
-    server = await srv.start_wsnic("-a", "0.0.0.0", "--api", "unix:/tmp/api.sock", *LANS)
+    server = await srv.start_wsnic("-a", "0.0.0.0", "--api", f"unix:{tmp_path / 'api.sock'}", *LANS)
     await server.log.wait_for(r"INFO ready: LAN b 10\.86\.2\.0/24 on bridge wsl-b", timeout=30)
     alice = await add_client(world, srv, tmp_path, 0, "alice", path="/lan/a")
     dave = await add_client(world, srv, tmp_path, 1, "dave", path="/lan/a/")
@@ -79,7 +80,7 @@ async def test_clients_land_on_the_lan_their_path_names(world: NsFactory, tmp_pa
     assert gateway.returncode != 0, "a LAN's gateway address is not reachable from another LAN"
 
     # Each client is on its LAN in the API; each LAN is listed.
-    sock = f"/proc/{server.pid}/root/tmp/api.sock"
+    sock = str(tmp_path / "api.sock")
     result = await trio.run_process(
         ["curl", "-s", "--unix-socket", sock, "http://x/clients"], capture_stdout=True
     )
@@ -101,6 +102,16 @@ async def test_clients_land_on_the_lan_their_path_names(world: NsFactory, tmp_pa
         "10.86.2.0/24",
     )
 
+    status, scoped = await _api(str(tmp_path / "api.sock"), "GET", "/leases?lan=a")
+    assert status == 200
+    assert sorted(x["hostname"] for x in scoped["leases"]) == ["alice", "dave"]
+    assert {x["lan"] for x in scoped["leases"]} == {"a"}
+    status, everything = await _api(str(tmp_path / "api.sock"), "GET", "/leases")
+    assert sorted(x["hostname"] for x in everything["leases"]) == ["alice", "bob", "carol", "dave"]
+    status, only_b = await _api(str(tmp_path / "api.sock"), "GET", "/clients?lan=b")
+    assert [c["ip"] for c in only_b["clients"]] == [lease[bob]["ip"]]
+    status, unknown = await _api(str(tmp_path / "api.sock"), "GET", "/clients?lan=zzz")
+    assert status == 404 and "no such LAN: zzz" in unknown["error"]
     result = await trio.run_process(
         ["curl", "-s", "--unix-socket", sock, "http://x/metrics"], capture_stdout=True
     )
@@ -140,9 +151,8 @@ async def test_paths_that_name_no_lan_are_refused_before_the_upgrade(world: NsFa
 
 
 async def _api(
-    server_pid: int, method: str, path: str, body: str | None = None
-) -> tuple[int, dict]:  # type: ignore[type-arg]
-    sock = f"/proc/{server_pid}/root/tmp/api.sock"
+    sock: str, method: str, path: str, body: str | None = None
+) -> tuple[int, dict[str, Any]]:
     argv = ["curl", "-s", "--unix-socket", sock, "-X", method, "-w", "\n%{http_code}"]
     if body is not None:
         argv += ["-H", "content-type: application/json", "--data", body]
@@ -160,7 +170,7 @@ async def test_lans_made_on_demand_and_removed_when_idle(
         "-a",
         "0.0.0.0",
         "--api",
-        "unix:/tmp/api.sock",
+        f"unix:{tmp_path / 'api.sock'}",
         "--no-default-lan",
         "--lan-pool",
         "10.90.0.0/16",
@@ -176,7 +186,7 @@ async def test_lans_made_on_demand_and_removed_when_idle(
     assert ipaddress.IPv4Address(lease["ip"]) in ipaddress.IPv4Network("10.90.0.0/24"), lease
     # Nineteen more, each by its first client: twenty LANs, twenty distinct pool subnets.
     clients = [await ws_client(srv, nursery, path=f"/lan/room-{i}") for i in range(1, 20)]
-    status, answer = await _api(server.pid, "GET", "/lans")
+    status, answer = await _api(str(tmp_path / "api.sock"), "GET", "/lans")
     lans = {row["name"]: row for row in answer["lans"]}
     assert sorted(lans) == sorted(f"room-{i}" for i in range(20))
     subnets = {ipaddress.IPv4Network(row["subnet"]) for row in lans.values()}
@@ -188,12 +198,12 @@ async def test_lans_made_on_demand_and_removed_when_idle(
     answer_text = await upgrade_answer(srv, "/lan/room-20")
     assert answer_text.startswith("HTTP/1.1 503 ") and "--max-lans" in answer_text, answer_text
     # The API makes and removes them too (here: room-0, with its client on it).
-    status, _ = await _api(server.pid, "POST", "/lans", '{"name": "room-20"}')
+    status, _ = await _api(str(tmp_path / "api.sock"), "POST", "/lans", '{"name": "room-20"}')
     assert status == 503  # still twenty
-    status, removed = await _api(server.pid, "DELETE", "/lans/room-0")
+    status, removed = await _api(str(tmp_path / "api.sock"), "DELETE", "/lans/room-0")
     assert (status, removed) == (200, {"removed": "room-0", "clients_disconnected": 1})
     await first.connect.log.wait_for(r"(disconnected|closed|reconnect)", timeout=10)
-    status, made = await _api(server.pid, "POST", "/lans", '{"name": "by-api"}')
+    status, made = await _api(str(tmp_path / "api.sock"), "POST", "/lans", '{"name": "by-api"}')
     assert status == 201 and made["on_demand"] and made["clients"] == 0, made
     await first.connect.stop()
 
@@ -202,7 +212,7 @@ async def test_lans_made_on_demand_and_removed_when_idle(
         await close_ws(client)
     with trio.fail_after(30):
         while True:
-            status, answer = await _api(server.pid, "GET", "/lans")
+            status, answer = await _api(str(tmp_path / "api.sock"), "GET", "/lans")
             if not answer["lans"]:
                 break
             await trio.sleep(0.5)

@@ -308,14 +308,14 @@ async def test_on_demand_lans_share_forwarding_whatever_order_they_go(
         "--lan-idle-timeout",
         "600",
         "--api",
-        "unix:/tmp/api.sock",
+        f"unix:{tmp_path / 'api.sock'}",
     )
     first = await add_client(world, srv, tmp_path, 0, "first", path="/lan/x")
     await first.dhcp("first")
     assert snapshot(srv)["ip_forward"].strip() == "1"
     second = await add_client(world, srv, tmp_path, 1, "second", path="/lan/y")
     await second.dhcp("second")
-    sock = f"/proc/{server.pid}/root/tmp/api.sock"
+    sock = str(tmp_path / "api.sock")
     removed = await trio.run_process(
         ["curl", "-sf", "--unix-socket", sock, "-X", "DELETE", "http://x/lans/x"],
         capture_stdout=True,

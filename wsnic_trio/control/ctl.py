@@ -235,10 +235,13 @@ def show_lans(data: Any) -> str:
 
 
 def show_leases(data: Any) -> str:
-    rows = [(x["ip"], x["mac"], x["hostname"], x["expires"], x["client"]) for x in data["leases"]]
+    rows = [
+        (x["lan"], x["ip"], x["mac"], x["hostname"], x["expires"], x["client"])
+        for x in data["leases"]
+    ]
     if not rows:
         return "no leases"
-    return table(["ip", "mac", "hostname", "expires", "client"], rows)
+    return table(["lan", "ip", "mac", "hostname", "expires", "client"], rows)
 
 
 # -- command line -------------------------------------------------------------------------

@@ -274,8 +274,11 @@ class ApiServer:
         return json_response({"removed": name, "clients_disconnected": kicked})
 
     async def get_clients(self, request: Request, match: re.Match[str]) -> Response:
+        names = set(self._lan_filter(request))
         await self._fresh_leases()
-        peers = sorted(self.server.peers.values(), key=lambda i: i.id)
+        peers = sorted(
+            (i for i in self.server.peers.values() if i.lan in names), key=lambda i: i.id
+        )
         return json_response({"clients": [self.client_view(i) for i in peers]})
 
     async def get_client(self, request: Request, match: re.Match[str]) -> Response:
@@ -345,22 +348,40 @@ class ApiServer:
             }
         )
 
+    def _lan_filter(self, request: Request) -> list[str]:
+        """The LANs a listing covers: ``?lan=NAME``, else every LAN."""
+        wanted = request.query.get("lan")
+        if wanted is None:
+            return list(self.server.lans)
+        if wanted not in self.server.lans:
+            raise HttpError(404, f"no such LAN: {printable(wanted, 40)}")
+        return [wanted]
+
     async def get_leases(self, request: Request, match: re.Match[str]) -> Response:
-        leases = self.server.leases
-        if leases is None:
+        names = self._lan_filter(request)
+        states = [self.server.lans[n] for n in names if self.server.lans[n].leases is not None]
+        if not states:
             raise HttpError(409, "this server runs no DHCP (--disable-dhcp): there are no leases")
-        await leases.update()
-        by_mac = {i.stats.mac: i.id for i in self.server.peers.values() if i.stats.mac}
-        rows = [
-            {
-                "mac": mac_text(lease.mac),
-                "ip": str(lease.ip),
-                "hostname": lease.hostname,
-                "expires": _iso(lease.expires) if lease.expires else "never",
-                "client": by_mac.get(lease.mac),
+        rows: list[dict[str, Any]] = []
+        for state in states:
+            assert state.leases is not None
+            await state.leases.update()
+            by_mac = {
+                i.stats.mac: i.id
+                for i in self.server.peers.values()
+                if i.stats.mac and i.lan == state.name
             }
-            for lease in sorted(leases.leases.values(), key=lambda lease: lease.ip)
-        ]
+            rows.extend(
+                {
+                    "lan": state.name,
+                    "mac": mac_text(lease.mac),
+                    "ip": str(lease.ip),
+                    "hostname": lease.hostname,
+                    "expires": _iso(lease.expires) if lease.expires else "never",
+                    "client": by_mac.get(lease.mac),
+                }
+                for lease in sorted(state.leases.leases.values(), key=lambda lease: lease.ip)
+            )
         return json_response({"leases": rows})
 
     def _forwards(self) -> ForwardManager:
