@@ -226,3 +226,19 @@ async def test_lans_made_on_demand_and_removed_when_idle(
     ours = f"/run/wsnic-trio/net{netns_inode(srv)}-"
     assert ours not in dnsmasq.stdout.decode(), "every LAN's dnsmasq is gone"
     assert await server.stop() == 0
+
+
+async def test_a_start_up_error_on_one_lan_leaves_nothing_of_the_others(world: NsFactory) -> None:
+    require_tools()
+    srv = world.new("srv")
+    before = srv.ip("-o", "link").stdout
+    srv.ip("link", "add", "wsl-b", "type", "bridge")  # a device wsnic-trio did not make
+    server = await srv.start_wsnic(*LANS, ready=False)
+    assert await server.wait() == 2
+    text = server.log.text()
+    assert "a device named wsl-b already exists and was not created by wsnic-trio" in text, text
+    assert "bridge wsl-a removed" in text and "bridge wsbr0 removed" in text, text
+    srv.ip("link", "del", "wsl-b")
+    assert srv.ip("-o", "link").stdout == before
+    assert not [d for d in run_dirs() if d.startswith(f"net{netns_inode(srv)}-")]
+    assert "wsnic" not in (await srv.exec("nft", "list", "tables")).stdout.decode()
