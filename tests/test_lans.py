@@ -25,13 +25,16 @@ UPGRADE = (
 
 
 async def upgrade_answer(ns: NetNS, path: str, port: int = 8086) -> str:
-    """The server's whole answer to a WebSocket upgrade of ``path`` (read until it hangs up)."""
+    """The server's answer to a WebSocket upgrade of ``path``: a refusal read until the
+    server hangs up, or the head of a ``101``."""
     stream = await ns.connect_tcp("127.0.0.1", port)
     await stream.send_all(UPGRADE.format(path=path).encode())
     data = b""
     with trio.fail_after(10):
         while chunk := await stream.receive_some(65536):
             data += chunk
+            if data.startswith(b"HTTP/1.1 101 ") and b"\r\n\r\n" in data:
+                break  # upgraded: the connection stays open
     await stream.aclose()
     return data.decode(errors="replace")
 
@@ -242,3 +245,18 @@ async def test_a_start_up_error_on_one_lan_leaves_nothing_of_the_others(world: N
     assert srv.ip("-o", "link").stdout == before
     assert not [d for d in run_dirs() if d.startswith(f"net{netns_inode(srv)}-")]
     assert "wsnic" not in (await srv.exec("nft", "list", "tables")).stdout.decode()
+
+
+async def test_a_lan_that_cannot_be_made_costs_its_first_client_only(world: NsFactory) -> None:
+    require_tools()
+    srv = world.new("srv")
+    srv.ip("link", "add", "wsl-boom", "type", "bridge")  # a device wsnic-trio did not make
+    server = await srv.start_wsnic("--no-default-lan", "--lan-pool", "10.92.0.0/16")
+    answer = await upgrade_answer(srv, "/lan/boom")
+    assert answer.startswith("HTTP/1.1 503 "), answer
+    assert "a device named wsl-boom already exists" in answer, answer
+    ok = await upgrade_answer(srv, "/lan/fine")  # the server goes on, and makes this one
+    assert ok.startswith("HTTP/1.1 101 "), ok
+    assert server.log.find(r"INFO LAN fine made on demand: 10\.92\.0\.0/24")
+    assert await server.stop() == 0
+    srv.ip("link", "del", "wsl-boom")

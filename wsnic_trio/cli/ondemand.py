@@ -10,6 +10,7 @@ way the server removes its configured LANs at exit: by leaving those blocks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -17,7 +18,7 @@ from wsnic_trio.config import Config
 from wsnic_trio.config.lans import SubnetPool
 from wsnic_trio.core import Server
 from wsnic_trio.core.lanstate import LanState
-from wsnic_trio.errors import SetupError
+from wsnic_trio.errors import SetupError, first_error
 from wsnic_trio.host.dnsmasq import serve_dnsmasq
 from wsnic_trio.lan.rootless import open_backend
 from wsnic_trio.transports.base import Rejection
@@ -103,6 +104,24 @@ class OnDemandLans:
         return True
 
     async def _run_lan(self, name: str, *, task_status: trio.TaskStatus[LanState]) -> None:
+        """One LAN's lifetime. A failure before it serves is its first client's to hear
+        (through :meth:`make`); one after it ends this LAN only, never the server."""
+        started = False
+
+        def report(state: LanState) -> None:
+            nonlocal started
+            started = True
+            task_status.started(state)
+
+        try:
+            await self._lifetime(name, report)
+        except* Exception as group:
+            if not started:
+                raise
+            log.error("LAN %s failed, and is removed: %s", name, first_error(group), exc_info=group)
+            self.server.events.publish("lan-removed", lan=name, reason="failed")
+
+    async def _lifetime(self, name: str, report: Callable[[LanState], None]) -> None:
         taken = [state.config.lan.subnet for state in self.server.lans.values()]
         subnet = self.pool.take(taken)
         if subnet is None:
@@ -127,7 +146,7 @@ class OnDemandLans:
                     self.server.events.publish(
                         "lan-created", lan=name, subnet=str(subnet), bridge=lan.bridge
                     )
-                    task_status.started(state)
+                    report(state)
                     why = await self._until_unwanted(state)
                     await self._close(state, why)
                     nursery.cancel_scope.cancel()

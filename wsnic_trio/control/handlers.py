@@ -43,7 +43,7 @@ from wsnic_trio.core import (
     merged_totals,
     per_transport,
 )
-from wsnic_trio.errors import SetupError
+from wsnic_trio.errors import first_error
 from wsnic_trio.util.text import printable
 
 if TYPE_CHECKING:
@@ -256,8 +256,8 @@ class ApiServer:
             raise HttpError(refused.http_status, refused.reason)
         try:
             await maker.make(name)
-        except SetupError as exc:
-            raise HttpError(503, f"LAN {name}: {exc}") from None
+        except Exception as exc:  # one line for the caller; the server log has the rest
+            raise HttpError(503, f"LAN {name}: {first_error(exc)}") from None
         return json_response(self.lan_view(name), 201)
 
     async def rm_lan(self, request: Request, match: re.Match[str]) -> Response:

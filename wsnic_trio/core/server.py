@@ -30,7 +30,7 @@ from wsnic_trio.core.guard import FramePolicy, SourceGuard, refuse_mac
 from wsnic_trio.core.lanstate import BRIDGE_MAC_BYTES, LanMaker, LanState
 from wsnic_trio.core.relay import RelayStats, relay
 from wsnic_trio.core.stats import Totals, mac_text
-from wsnic_trio.errors import ConfigError, PeerClosed, PeerError, SetupError
+from wsnic_trio.errors import ConfigError, PeerClosed, PeerError, SetupError, first_error
 from wsnic_trio.host.tap import TapDevice
 from wsnic_trio.lan.bridge import LanBackend
 from wsnic_trio.transports.base import AdmissionRequest, PeerLink, Rejection, Transport
@@ -283,9 +283,15 @@ class Server:
                 return
             try:
                 state = await self.maker.make(name)
-            except SetupError as exc:
-                log.error("LAN %s could not be made: %s", name, exc)
-                await self._refuse(link, Rejection(503, f"LAN {name}: {exc}", 1013), "no-lan")
+            except Exception as exc:  # whatever it was, it costs this client only
+                why = first_error(exc)
+                log.error(
+                    "LAN %s could not be made: %s",
+                    name,
+                    why,
+                    exc_info=None if isinstance(why, SetupError | OSError) else exc,
+                )
+                await self._refuse(link, Rejection(503, f"LAN {name}: {why}", 1013), "no-lan")
                 return
         if state is None:
             await self._refuse(link, Rejection(404, f"no such LAN: {name}", 1008), "no-lan")
