@@ -262,3 +262,23 @@ async def test_a_lan_that_cannot_be_made_costs_its_first_client_only(world: NsFa
     assert server.log.find(r"INFO LAN fine made on demand: 10\.92\.0\.0/24")
     assert await server.stop() == 0
     srv.ip("link", "del", "wsl-boom")
+
+
+async def test_clients_that_ask_for_a_new_lan_at_once_all_join_it(
+    world: NsFactory, nursery: trio.Nursery
+) -> None:
+    require_tools()
+    srv = world.new("srv")
+    server = await srv.start_wsnic("--no-default-lan", "--lan-pool", "10.93.0.0/16")
+    answers: list[str] = []
+
+    async def ask() -> None:
+        answers.append(await upgrade_answer(srv, "/lan/busy"))
+
+    async with trio.open_nursery() as crowd:
+        for _ in range(8):
+            crowd.start_soon(ask)
+    assert all(a.startswith("HTTP/1.1 101 ") for a in answers), answers
+    assert server.log.text().count("INFO LAN busy made on demand") == 1
+    assert "Traceback" not in server.log.text()
+    assert await server.stop() == 0

@@ -74,8 +74,13 @@ class OnDemandLans:
         return None
 
     async def make(self, name: str) -> LanState:
-        while name in self._making or name in self._removing:
-            await (self._making.get(name) or self._removing[name]).wait()
+        while True:  # a LAN of this name being made, or one still being removed
+            pending = self._making.get(name)
+            if pending is None:
+                pending = self._removing.get(name)
+            if pending is None:
+                break
+            await pending.wait()
         state = self.server.lans.get(name)
         if state is not None:
             return state
