@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 
 APT_PACKAGES="python3 python3-venv python3-pip iproute2 iputils-ping busybox-static \
 dnsmasq-base nftables iperf3 procps gcc libc6-dev libssl-dev chromium \
-curl tshark slirp4netns passt udhcpc"
+curl tshark slirp4netns passt udhcpc openssl"
 
 if [ "$(id -u)" != 0 ]; then
     echo "quickstart.sh: run me as root (the server creates a bridge and TAP devices)" >&2

@@ -30,6 +30,7 @@ from .topology import (
     IPERF_PORT,
     PY,
     Namespace,
+    Proc,
     Setup,
     World,
     run,
@@ -177,6 +178,26 @@ def run_scenario(
 # -- scale ------------------------------------------------------------------------------------
 
 
+def scale_connected(client: Proc, timeout: float) -> tuple[float, int]:
+    """Wait for :mod:`bench.scale_client`'s handshakes: their seconds, how many succeeded."""
+    client.wait_for(r"ALL_CONNECTED", timeout=timeout)
+    m = re.search(r"ALL_CONNECTED ([\d.]+) (\d+)", client.text())
+    assert m is not None
+    return float(m.group(1)), int(m.group(2))
+
+
+def end_scale_client(client: Proc, timeout: float) -> dict[str, Any]:
+    """Tell :mod:`bench.scale_client` to close its clients; what it saw (empty: nothing)."""
+    if client.popen.stdin is not None:
+        with contextlib.suppress(OSError):
+            client.popen.stdin.write(b"done\n")
+            client.popen.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        client.popen.wait(timeout)
+    lines = [ln for ln in client.text().splitlines() if ln.startswith("{")]
+    return dict(json.loads(lines[-1])) if lines else {}
+
+
 def run_scale(n: int, window: float) -> dict[str, Any]:
     """N idle WebSocket clients on one wsnic-trio server: connect time, RSS, idle CPU."""
     t = TRANSPORTS[0]
@@ -190,11 +211,8 @@ def run_scale(n: int, window: float) -> dict[str, Any]:
         argv = [PY, "-m", "bench.scale_client", "198.18.1.1", str(t.port), str(n)]
         client = cli.start(argv, "scale-client", stdin=subprocess.PIPE)
         try:
-            client.wait_for(r"ALL_CONNECTED", timeout=240)
-            m = re.search(r"ALL_CONNECTED ([\d.]+) (\d+)", client.text())
-            assert m is not None
-            result["handshakes_seconds"] = float(m.group(1))
-            server.wait_for(r"client \d+ connected", count=int(m.group(2)), timeout=240)
+            result["handshakes_seconds"], connected = scale_connected(client, 240)
+            server.wait_for(r"client \d+ connected", count=connected, timeout=240)
             result["all_taps_seconds"] = round(time.monotonic() - t0, 2)
             time.sleep(1.0)
             rss1 = server.rss_kib()
@@ -213,15 +231,8 @@ def run_scale(n: int, window: float) -> dict[str, Any]:
                 re.findall(r"client \d+ disconnected", server.text())
             )
         finally:
-            if client.popen.stdin is not None:
-                with contextlib.suppress(OSError):
-                    client.popen.stdin.write(b"done\n")
-                    client.popen.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                client.popen.wait(60)
-        lines = [ln for ln in client.text().splitlines() if ln.startswith("{")]
-        if lines:
-            seen = json.loads(lines[-1])
+            seen = end_scale_client(client, 60)
+        if seen:
             result.update({f"client_{k}": v for k, v in seen.items() if k != "connect_seconds"})
         result["ok"] = (
             result.get("client_connected") == n

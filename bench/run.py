@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from . import topology
+from .lans import run_lans
 from .measure import run_profile, run_scale, run_scenario
 from .report import add_ratios, fmt, print_report, targets, write_json
 from .scenarios import METRICS, TRANSPORTS, Transport, default_scenarios
@@ -109,6 +110,19 @@ def git_state() -> str:
     return head + (" + uncommitted changes in wsnic_trio/transports" if dirty.strip() else "")
 
 
+def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """What a result was measured on and with (and how busy the machine was)."""
+    return {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "git": git_state(),
+        "code_digest": code_digest(),
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="~2 min: 1 run x 2 s, N = 100/500")
@@ -136,6 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile",
         action="store_true",
         help="py-spy profiles of the Python relay instead of the suite",
+    )
+    parser.add_argument(
+        "--lans",
+        action="store_true",
+        help="several LANs instead of the suite: on-demand LANs, 200 LANs x 5 idle clients",
     )
     parser.add_argument(
         "--output", type=Path, help="JSON file (default bench/results/bench-DATE.json)"
@@ -188,6 +207,22 @@ def _main(
             skipped[t.name] = why
             print(f"bench: skipping transport {t.name}: {why}", file=sys.stderr)
 
+    if args.lans:
+        print("bench: several LANs (200 LANs x 5 idle clients) ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        load_before = os.getloadavg()
+        lans = run_lans(200, 5, 30.0, duration if args.duration else 4.0)
+        lans["meta"] = {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            **machine(load_before),
+            "wall_seconds": round(time.monotonic() - started),
+        }
+        print(json.dumps({k: v for k, v in lans.items() if k != "on_demand_samples"}, indent=1))
+        out = args.output or RESULTS / f"lans-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+        out.write_text(json.dumps(lans, indent=1))
+        print(f"\nwrote {out}")
+        return 0
+
     if args.profile:
         summaries = run_profile(minirelay, duration if args.duration else 8.0, RESULTS)
         out = args.output or RESULTS / f"profile-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
@@ -226,13 +261,7 @@ def _main(
         "repeats": repeats,
         "duration_s": duration,
         "ping_count": ping_count,
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "git": git_state(),
-        "code_digest": code_digest(),
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
+        **machine(load_before),
         "bench_nofile": nofile,
         "skipped_transports": skipped,
         "wall_seconds": round(time.monotonic() - started, 1),

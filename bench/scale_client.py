@@ -34,7 +34,13 @@ class Stats:
 
 
 async def one_client(
-    host: str, port: int, stats: Stats, limit: trio.Semaphore, all_done: trio.Event, n: int
+    host: str,
+    port: int,
+    stats: Stats,
+    limit: trio.Semaphore,
+    all_done: trio.Event,
+    n: int,
+    target: str = "/",
 ) -> None:
     ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
     async with limit:
@@ -42,7 +48,7 @@ async def one_client(
             sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             await sock.connect((host, port))
             stream = trio.SocketStream(sock)
-            await stream.send_all(ws.send(ev.Request(host=f"{host}:{port}", target="/")))
+            await stream.send_all(ws.send(ev.Request(host=f"{host}:{port}", target=target)))
             opened = False
             while not opened:
                 data = await stream.receive_some(65536)
@@ -90,8 +96,12 @@ async def main(args: argparse.Namespace) -> None:
     connect_time = float("nan")
     with trio.move_on_after(args.max_seconds):
         async with trio.open_nursery() as nursery:
-            for _ in range(args.n):
-                nursery.start_soon(one_client, args.host, args.port, stats, limit, all_done, args.n)
+            for i in range(args.n):
+                # With --lans K, client i joins /lan/PREFIX(i % K): K LANs, n/K clients each.
+                target = f"/lan/{args.lan_prefix}{i % args.lans}" if args.lans else "/"
+                nursery.start_soon(
+                    one_client, args.host, args.port, stats, limit, all_done, args.n, target
+                )
             await all_done.wait()
             connect_time = time.monotonic() - t0
             print(f"ALL_CONNECTED {connect_time:.3f} {stats.connected}", flush=True)
@@ -119,6 +129,8 @@ def cli() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("n", type=int)
     parser.add_argument("--parallel", type=int, default=100)
+    parser.add_argument("--lans", type=int, default=0, help="spread the clients over K LANs")
+    parser.add_argument("--lan-prefix", default="l", help="the LANs' names: PREFIX0, PREFIX1...")
     parser.add_argument("--max-seconds", type=float, default=300.0)
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
@@ -9,6 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import trio
 
+from .guestlan import GuestLan, choose_accel
+from .guests.boot import GuestBuildError, GuestImages, build_guests
 from .netns import NsFactory, netns_world
 from .vmclients import short_tmpdir
 
@@ -42,6 +45,42 @@ def sockdir() -> Iterator[str]:
     107-byte limit of a socket path)."""
     with short_tmpdir() as path:
         yield path
+
+
+# ---------------------------------------------------------------------------
+# real guests (tests/guests images): test_guests_e2e.py, test_lans_guests.py
+
+
+@dataclasses.dataclass(frozen=True)
+class Guests:
+    images: GuestImages
+    accel: str
+
+
+@pytest.fixture(scope="session")
+def guests() -> Guests:
+    """Build (or reuse) the guest images once per session; pick KVM only if it works."""
+    require_integration()
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    require(os.access(busybox, os.X_OK), "busybox (busybox-static) is not installed")
+    require(shutil.which("dnsmasq") is not None, "dnsmasq (dnsmasq-base) is not installed")
+    try:
+        images = build_guests()
+    except GuestBuildError as exc:
+        require(False, f"the test guests cannot be built: {exc}")
+        raise
+    require(shutil.which(images.qemu_binary) is not None, f"{images.qemu_binary} is missing")
+    return Guests(images, choose_accel(images))
+
+
+@pytest.fixture
+async def lan(world: NsFactory, guests: Guests) -> AsyncIterator[GuestLan]:
+    """A server namespace for the test's guests; guests are stopped at the end."""
+    glan = GuestLan(world.new("srv"), guests.images, guests.accel)
+    try:
+        yield glan
+    finally:
+        await glan.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -106,6 +106,7 @@ async def add_client(
     tag: str = "c",
     wait: bool = True,
     extra: tuple[str, ...] = (),
+    path: str = "/",
 ) -> LanClient:
     """A client namespace joined to the server's ws:// listener (which must bind 0.0.0.0).
 
@@ -115,7 +116,7 @@ async def add_client(
     base = 4 * index
     world.link(server_ns, f"198.18.0.{base + 1}/30", ns, f"198.18.0.{base + 2}/30")
     proc = await ns.start(
-        [*wsnic(), "connect", f"ws://198.18.0.{base + 1}:8086/", "--tap", "lan0", *extra],
+        [*wsnic(), "connect", f"ws://198.18.0.{base + 1}:8086{path}", "--tap", "lan0", *extra],
         label=f"connect-{tag}",
     )
     if wait:

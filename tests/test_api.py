@@ -86,11 +86,13 @@ async def test_clients_stats_leases_events_metrics_and_kick(
     metrics = await api(sock, "GET", "/metrics")
     assert metrics.status == 200 and metrics.content_type.startswith("text/plain"), metrics
     samples = metric_samples(metrics.body.decode())
-    assert samples[("wsnic_clients_connected", (("transport", "ws"),))] == 2
-    assert samples[("wsnic_frames_total", (("direction", "in"), ("transport", "ws")))] > 0
-    assert samples[("wsnic_bytes_total", (("direction", "out"), ("transport", "ws")))] > 0
+    ws = (("lan", "default"), ("transport", "ws"))
+    assert samples[("wsnic_clients_connected", ws)] == 2
+    assert samples[("wsnic_frames_total", (("direction", "in"), *ws))] > 0
+    assert samples[("wsnic_bytes_total", (("direction", "out"), *ws))] > 0
     assert samples[("wsnic_dnsmasq_restarts_total", ())] == 0
-    assert samples[("wsnic_dhcp_leases", ())] == 2
+    assert samples[("wsnic_dhcp_leases", (("lan", "default"),))] == 2
+    assert samples[("wsnic_lans", ())] == 1
 
     # Kick Alice (her client runs with --once, so she stays gone): her TAP goes.
     kicked = await api(sock, "DELETE", f"/clients/{a['id']}")

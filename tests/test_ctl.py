@@ -49,8 +49,9 @@ async def test_ctl_against_a_server(world: NsFactory, tmp_path: Path) -> None:
     code, out, _ = await ctl(sock, "clients")
     assert code == 0
     header, row = out.splitlines()
-    assert header.split()[:8] == [
+    assert header.split()[:9] == [
         "ID",
+        "LAN",
         "TRANSPORT",
         "REMOTE",
         "TAP",
@@ -60,6 +61,15 @@ async def test_ctl_against_a_server(world: NsFactory, tmp_path: Path) -> None:
         "SINCE",
     ]
     assert lan0_mac(guest) in row and lease["ip"] in row and "devbox" in row
+    assert row.split()[1] == "default"
+
+    code, out, _ = await ctl(sock, "lans")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["LAN", "SUBNET", "BRIDGE", "MADE", "NAT", "CLIENTS", "LEASES"]
+    assert row.split() == ["default", "192.168.86.0/24", "wsbr0", "configured", "off", "1", "1"]
+    code, _, err = await ctl(sock, "lans", "add", "x")
+    assert code == 1 and "makes no LANs on demand (start it with --lan-pool) (HTTP 409)" in err
 
     code, out, _ = await ctl(sock, "--json", "clients")
     assert code == 0

@@ -290,7 +290,8 @@ def test_broadcast_limit_is_the_servers_default() -> None:
     assert Config().lan.broadcast_limit == 100
     server = Server(Config(disable_dhcp=True), cast("LanBackend", None), [])
     for transport in ("ws", "qemu"):
-        policy = server._policy(1, cast("PeerLink", FakeLink(transport, None)), RelayStats())
+        state = server.lans["default"]
+        policy = server._policy(state, 1, cast("PeerLink", FakeLink(transport, None)), RelayStats())
         assert policy.bucket_group is not None
         assert policy.bucket_group.rate == 100 and policy.bucket_group.burst == 200
 
@@ -340,7 +341,8 @@ class Peers:
             peer_id, transport, "x", remote_ip, f"wstap{peer_id}", RelayStats(), trio.CancelScope()
         )
         self.server.peers[peer_id] = info
-        return info, self.server._policy(peer_id, cast("PeerLink", link), info.stats)
+        state = self.server.lans["default"]
+        return info, self.server._policy(state, peer_id, cast("PeerLink", link), info.stats)
 
 
 FIRST = [pk.probe_frame(pk.BROADCAST, ME, b"first frame")]

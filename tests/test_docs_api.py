@@ -52,7 +52,7 @@ def server_line() -> str:
 def test_the_page_shows_the_examples_this_test_runs() -> None:
     examples = curl_examples()
     assert f"--api unix:{SOCKET}" in server_line()
-    for path in ("/clients", "/stats", "/leases", "/forwards", "/metrics", "/events"):
+    for path in ("/clients", "/lans", "/stats", "/leases", "/forwards", "/metrics", "/events"):
         assert any(f"http://x{path}" in e for e in examples), path
     assert "S=/run/wsnic-trio/api.sock" in PAGE.read_text()
 

@@ -16,61 +16,19 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
 import re
-import shutil
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import require, require_integration
-from .guestlan import (
-    GATEWAY,
-    GuestLan,
-    choose_accel,
-    lease_domain,
-    make_payload,
-    removed_after,
-)
-from .guests.boot import GuestBuildError, GuestImages, build_guests, guest_cmdline
+from .guestlan import GATEWAY, GuestLan, lease_domain, make_payload, removed_after
+from .guests.boot import guest_cmdline
 from .lanhost import BUSYBOX, add_client
 from .netns import NsFactory
 from .vmclients import exists, taps
 
 POOL = (ipaddress.IPv4Address("192.168.86.2"), ipaddress.IPv4Address("192.168.86.254"))
-
-
-@dataclasses.dataclass(frozen=True)
-class Guests:
-    images: GuestImages
-    accel: str
-
-
-@pytest.fixture(scope="session")
-def guests() -> Guests:
-    """Build (or reuse) the guest images once per session; pick KVM only if it works."""
-    require_integration()
-    require(os.access(BUSYBOX, os.X_OK), "busybox (busybox-static) is not installed")
-    require(shutil.which("dnsmasq") is not None, "dnsmasq (dnsmasq-base) is not installed")
-    try:
-        images = build_guests()
-    except GuestBuildError as exc:
-        require(False, f"the test guests cannot be built: {exc}")
-        raise
-    require(shutil.which(images.qemu_binary) is not None, f"{images.qemu_binary} is missing")
-    return Guests(images, choose_accel(images))
-
-
-@pytest.fixture
-async def lan(world: NsFactory, guests: Guests) -> AsyncIterator[GuestLan]:
-    """A server namespace for the test's guests; guests are stopped at the end."""
-    glan = GuestLan(world.new("srv"), guests.images, guests.accel)
-    try:
-        yield glan
-    finally:
-        await glan.close()
 
 
 # ---------------------------------------------------------------------------

@@ -93,6 +93,7 @@ def test_ctl_tables_escape_cells() -> None:
     assert table(["remote"], [("unix:/vm\\x0a",)]).splitlines()[1] == "unix:/vm\\x0a"
     client = {
         "id": 1,
+        "lan": "default",
         "transport": "dgram",
         "remote": "unix:/x\x07",
         "tap": "wstap0",

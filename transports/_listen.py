@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 from wsnic_trio.errors import PeerError
+from wsnic_trio.net.listen import Closable, bind_all
 from wsnic_trio.transports.base import PeerHandler, PeerLink
 
-__all__ = ["serve_link"]
+if TYPE_CHECKING:
+    from wsnic_trio.config import Config, LanConfig
+
+__all__ = ["bind_per_lan", "serve_link"]
+
+L = TypeVar("L", bound=Closable)
+T = TypeVar("T")
+
+
+def bind_per_lan(
+    config: Config,
+    items: Callable[[LanConfig], Iterable[T]],
+    make: Callable[[Config, T, str], L],
+) -> list[L]:
+    """A listener for each item of each LAN (``make(lan_view, item, lan_name)``), every
+    one closed again if a later one fails. A LAN's VM listeners are that LAN's options,
+    so each listener is made from the configuration as its LAN sees it."""
+    wanted = [
+        (view, item, name)
+        for name in config.all_lans()
+        for view in [config.for_lan(name)]
+        for item in items(view.lan)
+    ]
+    return bind_all(lambda want: make(*want), wanted)
+
 
 log = logging.getLogger("wsnic_trio.listen")
 

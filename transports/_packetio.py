@@ -21,7 +21,7 @@ import socket
 import trio
 
 from wsnic_trio.errors import PeerClosed, PeerTimeout
-from wsnic_trio.transports.base import Liveness, Rejection
+from wsnic_trio.transports.base import DEFAULT_LAN, Liveness, Rejection
 
 __all__ = ["PacketLink"]
 
@@ -54,6 +54,8 @@ class PacketLink:
         self.sock = sock
         self.transport = transport
         self.remote = remote
+        #: The LAN the peer joins (its listener's); set by the transport.
+        self.lan = DEFAULT_LAN
         self.remote_ip: str | None = None  # unix sockets only
         self.liveness = liveness
         self.last_received = trio.current_time()

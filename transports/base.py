@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import trio
 
+from wsnic_trio.config.lans import DEFAULT_LAN as DEFAULT_LAN
 from wsnic_trio.net.addresses import normalize_ip as normalize_ip
 from wsnic_trio.net.addresses import peer_address as peer_address
 from wsnic_trio.util.text import printable as printable
@@ -65,6 +66,11 @@ class Liveness:
 
     ping_interval: float | None = None
     timeout: float | None = None
+
+
+def lan_suffix(lan: str) -> str:
+    """For a listener's log line: which LAN it serves (nothing for the default LAN)."""
+    return "" if lan == DEFAULT_LAN else f" (LAN {lan})"
 
 
 @runtime_checkable

@@ -41,16 +41,17 @@ from typing import TYPE_CHECKING
 import trio
 
 from wsnic_trio.errors import PeerClosed, SetupError
-from wsnic_trio.net.listen import bind_all
 from wsnic_trio.net.unixpath import UnixPath, bind_unix
-from wsnic_trio.transports._listen import serve_link
+from wsnic_trio.transports._listen import bind_per_lan, serve_link
 from wsnic_trio.transports._packetio import PacketLink
 from wsnic_trio.transports.base import (
+    DEFAULT_LAN,
     AdmissionRequest,
     FrameCheck,
     Liveness,
     PeerHandler,
     Rejection,
+    lan_suffix,
     printable,
 )
 
@@ -87,6 +88,7 @@ class DgramLink:
     def __init__(self, owner: DgramTransport, addr: Address, liveness: Liveness) -> None:
         self.owner = owner
         self.addr = addr
+        self.lan = owner.lan
         self.remote = _name(addr)
         self.remote_ip: str | None = None  # unix sockets only
         self.liveness = liveness
@@ -167,9 +169,11 @@ class DgramTransport:
 
     name = "dgram"
 
-    def __init__(self, config: Config, path: str) -> None:
+    def __init__(self, config: Config, path: str, lan: str = DEFAULT_LAN) -> None:
         self.config = config
         self.path = path
+        #: The LAN this socket's peers join.
+        self.lan = lan
         self.check = FrameCheck(config.lan.max_frame)
         self.unix: UnixPath = bind_unix(
             path, socket.SOCK_DGRAM, config.server.socket_mode, "dgram listener"
@@ -184,10 +188,10 @@ class DgramTransport:
 
     @classmethod
     def from_config(cls, config: Config) -> list[DgramTransport]:
-        return bind_all(lambda path: cls(config, path), config.lan.dgram)
+        return bind_per_lan(config, lambda lan: lan.dgram, cls)
 
     def describe(self) -> str:
-        return f"dgram (vfkit, QEMU dgram) unix:{self.path}"
+        return f"dgram (vfkit, QEMU dgram) unix:{self.path}{lan_suffix(self.lan)}"
 
     def close(self) -> None:
         self.unix.close()
@@ -258,7 +262,7 @@ class DgramTransport:
                 "(--dgram-max-peers)",
             )
             return
-        rejection = handler.admit(AdmissionRequest("dgram", None))
+        rejection = handler.admit(AdmissionRequest("dgram", None, lan=self.lan))
         if rejection is not None:
             self._drop("rejected", f"datagram from {_name(addr)} refused: {rejection.reason}")
             return

@@ -29,16 +29,18 @@ import trio
 from wsnic_trio.config.endpoints import Endpoint, parse_qemu_endpoint
 from wsnic_trio.errors import PeerClosed, PeerProtocolError, PeerTimeout
 from wsnic_trio.net.addresses import bind_all_addresses, connect_any
-from wsnic_trio.net.listen import accept_forever, bind_all
+from wsnic_trio.net.listen import accept_forever
 from wsnic_trio.net.unixpath import UnixPath, bind_unix
-from wsnic_trio.transports._listen import serve_link
+from wsnic_trio.transports._listen import bind_per_lan, serve_link
 from wsnic_trio.transports._sockio import SocketIO
 from wsnic_trio.transports.base import (
+    DEFAULT_LAN,
     AdmissionRequest,
     FrameCheck,
     Liveness,
     PeerHandler,
     Rejection,
+    lan_suffix,
     peer_address,
 )
 from wsnic_trio.transports.stream_protocol import StreamFramingError, StreamProtocol
@@ -92,6 +94,8 @@ class StreamLink:
         self.proto = proto
         self.remote = remote
         self.remote_ip = remote_ip
+        #: The LAN the peer joins (its listener's).
+        self.lan = DEFAULT_LAN
         self.liveness = Liveness()
         self.last_received = trio.current_time()
         self.drops: collections.Counter[str] = collections.Counter()
@@ -149,9 +153,11 @@ class QemuStreamTransport:
 
     name = "qemu"
 
-    def __init__(self, config: Config, endpoint: Endpoint) -> None:
+    def __init__(self, config: Config, endpoint: Endpoint, *, lan: str = DEFAULT_LAN) -> None:
         self.config = config
         self.endpoint = endpoint
+        #: The LAN this listener's peers join (its ``--qemu`` is that LAN's option).
+        self.lan = lan
         self.unix: UnixPath | None = None
         if endpoint.kind == "unix":
             self.unix = bind_unix(
@@ -167,20 +173,29 @@ class QemuStreamTransport:
     @classmethod
     def from_config(cls, config: Config) -> list[QemuStreamTransport | QemuConnectTransport]:
         made: list[QemuStreamTransport | QemuConnectTransport] = []
-        made.extend(bind_all(lambda text: cls(config, parse_endpoint(text)), config.lan.qemu))
         made.extend(
-            QemuConnectTransport(config, parse_endpoint(t)) for t in config.lan.qemu_connect
+            bind_per_lan(
+                config,
+                lambda lan: lan.qemu,
+                lambda view, t, name: cls(view, parse_endpoint(t), lan=name),
+            )
         )
+        for name in config.all_lans():
+            view = config.for_lan(name)
+            made.extend(
+                QemuConnectTransport(view, parse_endpoint(t), lan=name)
+                for t in view.lan.qemu_connect
+            )
         return made
 
     def describe(self) -> str:
         if self.endpoint.kind == "unix":
-            return f"qemu stream unix:{self.endpoint.path}"
+            return f"qemu stream unix:{self.endpoint.path}{lan_suffix(self.lan)}"
         shown = []
         for sock in self.socks:
             host, port = sock.getsockname()[:2]
             shown.append(f"tcp:{f'[{host}]' if ':' in host else host}:{port}")
-        return "qemu stream " + " and ".join(shown)
+        return "qemu stream " + " and ".join(shown) + lan_suffix(self.lan)
 
     def close(self) -> None:
         if self.unix is not None:
@@ -194,7 +209,7 @@ class QemuStreamTransport:
     ) -> None:
         async def on_connection(conn: socket.socket, addr: Any) -> None:
             remote, remote_ip = _peer_name(addr, self.endpoint)
-            await run_stream_peer(conn, remote, remote_ip, self.config, handler)
+            await run_stream_peer(conn, remote, remote_ip, self.config, handler, self.lan)
 
         await accept_forever(self.socks, on_connection, self.close, task_status=task_status)
 
@@ -205,9 +220,10 @@ async def run_stream_peer(
     remote_ip: str | None,
     config: Config,
     handler: PeerHandler,
+    lan: str = DEFAULT_LAN,
 ) -> None:
     """Hand one connected stream socket to the core; its errors end here."""
-    rejection = handler.admit(AdmissionRequest("qemu", remote_ip))
+    rejection = handler.admit(AdmissionRequest("qemu", remote_ip, lan=lan))
     if rejection is not None:
         # The stream format has no way to say why: log it, and close.
         log.warning("%s: refused: %s", remote, rejection.reason)
@@ -222,6 +238,7 @@ async def run_stream_peer(
         config.server.partial_frame_timeout,
         remote_ip,
     )
+    link.lan = lan
     await serve_link(handler, link)
 
 
@@ -266,12 +283,13 @@ class QemuConnectTransport:
 
     name = "qemu"
 
-    def __init__(self, config: Config, endpoint: Endpoint) -> None:
+    def __init__(self, config: Config, endpoint: Endpoint, *, lan: str = DEFAULT_LAN) -> None:
         self.config = config
         self.endpoint = endpoint
+        self.lan = lan
 
     def describe(self) -> str:
-        return f"qemu stream, dialling {self.endpoint}"
+        return f"qemu stream, dialling {self.endpoint}{lan_suffix(self.lan)}"
 
     def close(self) -> None:
         """Nothing is bound in outbound mode."""
@@ -298,7 +316,9 @@ class QemuConnectTransport:
             delay = _REDIAL_MIN
             log.info("%s: connected", self.endpoint)
             remote_ip = _dialled_ip(conn) if self.endpoint.kind == "tcp" else None
-            await run_stream_peer(conn, str(self.endpoint), remote_ip, self.config, handler)
+            await run_stream_peer(
+                conn, str(self.endpoint), remote_ip, self.config, handler, self.lan
+            )
             await trio.sleep(_REDIAL_MIN)
 
 

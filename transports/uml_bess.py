@@ -19,15 +19,17 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from wsnic_trio.errors import SetupError
-from wsnic_trio.net.listen import accept_forever, bind_all
+from wsnic_trio.net.listen import accept_forever
 from wsnic_trio.net.unixpath import bind_unix
-from wsnic_trio.transports._listen import serve_link
+from wsnic_trio.transports._listen import bind_per_lan, serve_link
 from wsnic_trio.transports._packetio import PacketLink
 from wsnic_trio.transports.base import (
+    DEFAULT_LAN,
     AdmissionRequest,
     FrameCheck,
     Liveness,
     PeerHandler,
+    lan_suffix,
     printable,
 )
 
@@ -58,9 +60,11 @@ class BessTransport:
 
     name = "bess"
 
-    def __init__(self, config: Config, path: str) -> None:
+    def __init__(self, config: Config, path: str, lan: str = DEFAULT_LAN) -> None:
         self.config = config
         self.path = path
+        #: The LAN this listener's peers join.
+        self.lan = lan
         self.unix = bind_unix(
             path, socket.SOCK_SEQPACKET, config.server.socket_mode, "bess listener"
         )
@@ -68,10 +72,10 @@ class BessTransport:
 
     @classmethod
     def from_config(cls, config: Config) -> list[BessTransport]:
-        return bind_all(lambda path: cls(config, path), config.lan.bess)
+        return bind_per_lan(config, lambda lan: lan.bess, cls)
 
     def describe(self) -> str:
-        return f"bess (UML vector) unix:{self.path}"
+        return f"bess (UML vector) unix:{self.path}{lan_suffix(self.lan)}"
 
     def close(self) -> None:
         self.unix.close()
@@ -86,7 +90,7 @@ class BessTransport:
 
     async def _peer(self, conn: socket.socket, handler: PeerHandler) -> None:
         remote = _remote(conn, self.path)
-        rejection = handler.admit(AdmissionRequest("bess", None))
+        rejection = handler.admit(AdmissionRequest("bess", None, lan=self.lan))
         if rejection is not None:
             log.warning("%s: refused: %s", remote, rejection.reason)
             conn.close()
@@ -99,6 +103,7 @@ class BessTransport:
             max_frame=self.config.lan.max_frame,
             send_stall_timeout=self.config.server.ping_timeout,
         )
+        link.lan = self.lan
         await serve_link(handler, link)
 
 

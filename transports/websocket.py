@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from wsnic_trio.config.lans import lan_from_path
 from wsnic_trio.errors import (
     PeerClosed,
     PeerError,
@@ -78,8 +79,11 @@ class WebSocketLink:
         remote_ip: str | None = None,
         subprotocol: str | None = None,
         origin: str | None = None,
+        lan: str | None = None,
     ) -> None:
         self.transport = transport
+        #: The LAN the URL's path asked for (None: the default LAN).
+        self.lan = lan
         self.io = io
         self.proto = proto
         self.remote = remote
@@ -260,7 +264,13 @@ class WebSocketTransport:
         self.name = "wss" if tls else "ws"
         #: Shared by the ws:// and wss:// listeners: the caps are the server's.
         self.gate = gate if gate is not None else handshake_gate(config)
-        self.check = FrameCheck(config.lan.max_frame)
+        # Any LAN's largest frame; each LAN's own limit is the core's to enforce.
+        lans = [config.lan, *config.all_lans().values()]  # config.lan: on-demand LANs' too
+        self.check = FrameCheck(max(lan.max_frame for lan in lans))
+        #: Whether a path picks a LAN (once any LAN has a name), or every path is the one LAN.
+        self.named = (
+            bool(config.lans) or config.server.lan_pool is not None or not config.default_lan
+        )
         self.liveness = Liveness(
             ping_interval=config.server.ping_interval, timeout=config.server.ping_timeout
         )
@@ -363,6 +373,9 @@ class WebSocketTransport:
                 remote_ip=ip,
                 subprotocol=subprotocol or None,
                 origin=origin_header(proto.request) if proto.request else None,
+                lan=lan_from_path(proto.request.path, named=self.named).lan
+                if proto.request
+                else None,
             )
             await handler(link)
         except* ssl.SSLError as group:
@@ -401,8 +414,20 @@ class WebSocketTransport:
             proto.receive(data)
             request = proto.request
             if request is not None and proto.phase is Phase.HANDSHAKE:
+                wanted = lan_from_path(request.path, named=self.named)
+                if wanted.problem is not None:
+                    log.info("%s: refused (HTTP 404): %s", remote, wanted.problem)
+                    handler.count_refusal(self.name, "no-lan")
+                    body = f"wsnic-trio: {wanted.problem}\n".encode()
+                    await io.send_all(proto.reject(404, body))
+                    await io.send_all(proto.data_to_send())
+                    return None
                 admission = AdmissionRequest(
-                    self.name, ip, token_candidates(request), origin_header(request)
+                    self.name,
+                    ip,
+                    token_candidates(request),
+                    origin_header(request),
+                    lan=wanted.lan,
                 )
                 delay = handler.admission_delay(admission)
                 if delay > 0:

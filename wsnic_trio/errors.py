@@ -24,6 +24,7 @@ __all__ = [
     "SetupError",
     "TapUnavailable",
     "WsnicError",
+    "first_error",
 ]
 
 
@@ -64,3 +65,11 @@ class PeerProtocolError(PeerError):
     def __init__(self, message: str, close_code: int = 1002) -> None:
         super().__init__(message)
         self.close_code = close_code
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group (the error itself otherwise): the one a log
+    line or an answer names."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

@@ -66,6 +66,7 @@ def guest_cmdline(
     ping: Iterable[str] = (),
     http: Iterable[str] = (),
     resolve: Iterable[str] = (),
+    arping: Iterable[str] = (),
     serve: bool = False,
     static: str | None = None,
     gateway: str | None = None,
@@ -82,6 +83,9 @@ def guest_cmdline(
     names = list(resolve)
     if names:
         parts.append("wsnic.resolve=" + ",".join(names))
+    arpings = list(arping)
+    if arpings:
+        parts.append("wsnic.arping=" + ",".join(arpings))
     if serve:
         parts.append("wsnic.serve=1")
     if static:
@@ -237,6 +241,7 @@ class GuestResults:
     pings: dict[str, PingResult] = dataclasses.field(default_factory=dict)
     http: dict[str, HttpResult] = dataclasses.field(default_factory=dict)
     resolved: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    arpings: dict[str, bool] = dataclasses.field(default_factory=dict)
     ready: dict[str, str] | None = None
     done: bool = False
     errors: list[str] = dataclasses.field(default_factory=list)
@@ -326,6 +331,8 @@ def parse_results(console_text: str) -> GuestResults:
             )
         elif kind == "resolve" and len(words) >= 2:
             res.resolved[words[0]] = kv.get("addr") if words[1] == "ok" else None
+        elif kind == "arping" and len(words) >= 2:
+            res.arpings[words[0]] = words[1] == "ok"
         elif kind == "ready":
             res.ready = kv
         elif kind == "done":

@@ -36,6 +36,7 @@ HOSTNAME=wsnic-guest
 PINGS=""
 URLS=""
 RESOLVES=""
+ARPINGS=""
 SERVE=0
 STATIC=""
 GATEWAY=""
@@ -54,6 +55,7 @@ for arg in $(cat /proc/cmdline); do
         wsnic.ping=*) PINGS="$PINGS $(echo "$val" | tr ',' ' ')" ;;
         wsnic.http=*) URLS="$URLS $val" ;;
         wsnic.resolve=*) RESOLVES="$RESOLVES $(echo "$val" | tr ',' ' ')" ;;
+        wsnic.arping=*) ARPINGS="$ARPINGS $(echo "$val" | tr ',' ' ')" ;;
         wsnic.serve=*) SERVE="$val" ;;
         wsnic.static=*) STATIC="$val" ;;
         wsnic.gw=*) GATEWAY="$val" ;;
@@ -138,6 +140,16 @@ for target in $PINGS; do
         say "ping $target ok tries=$n rtt_ms=${rtt:-?} uptime=$(uptime_s)"
     else
         say "ping $target fail tries=$n uptime=$(uptime_s)"
+    fi
+done
+
+# An ARP request is a broadcast on the link itself: an answer means the target
+# is on this guest's Ethernet segment, whatever the IP subnets say.
+for target in $ARPINGS; do
+    if arping -I "$IFACE" -f -c 3 -w 4 "$target" >/tmp/arping.out 2>&1; then
+        say "arping $target ok uptime=$(uptime_s)"
+    else
+        say "arping $target fail uptime=$(uptime_s)"
     fi
 done
 

@@ -19,6 +19,7 @@ from wsnic_trio import __version__
 from wsnic_trio.cli.connect import ConnectOptions, connect_until_signal
 from wsnic_trio.cli.serve import serve_until_signal
 from wsnic_trio.config import LAN_OPTIONS, SERVER_OPTIONS, Config, help_text, load_config_file
+from wsnic_trio.config.server import SEVERAL_LANS
 from wsnic_trio.control.ctl import HelpFormatter
 from wsnic_trio.errors import ConfigError, SetupError
 from wsnic_trio.transports import dialer_for
@@ -79,13 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", metavar="CFGFILE", help="read options from this file")
     parser.add_argument("--version", action="version", version=f"wsnic-trio {__version__}")
     defaults = Config().values()
+    server = {k: v for k, v in SERVER_OPTIONS.items() if k not in SEVERAL_LANS}
     groups = (
         (
             "server",
             "the server: listeners, liveness, access, control API, capture, privileges",
-            SERVER_OPTIONS,
+            server,
         ),
-        ("LAN", "the LAN: subnet, bridge, DHCP/DNS, NAT, limits, locks, VM listeners", LAN_OPTIONS),
+        (
+            "LAN",
+            "the default LAN: subnet, bridge, DHCP/DNS, NAT, limits, locks, VM listeners",
+            LAN_OPTIONS,
+        ),
+        (
+            "several LANs",
+            "named LANs (ws://HOST:PORT/lan/NAME) and LANs made on demand",
+            {k: SERVER_OPTIONS[k] for k in SEVERAL_LANS},
+        ),
     )
     for title, description, options in groups:
         group = parser.add_argument_group(f"{title} options", description)

@@ -8,6 +8,7 @@ privileges are dropped, then the control layer starts, and only then do listener
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -16,13 +17,16 @@ from contextlib import AbstractAsyncContextManager
 
 import trio
 
+from wsnic_trio.cli.ondemand import OnDemandLans
 from wsnic_trio.cli.preflight import check_paths
 from wsnic_trio.config import Config
+from wsnic_trio.config.lans import DEFAULT_LAN
 from wsnic_trio.control.forward import OpenRemote, open_remote_here
 from wsnic_trio.control.http import ApiListener, bind_api
 from wsnic_trio.control.start import load_api_tokens, start_control
 from wsnic_trio.core import Server
 from wsnic_trio.core.admission import TokenStore
+from wsnic_trio.errors import ConfigError
 from wsnic_trio.host.dnsmasq import serve_dnsmasq
 from wsnic_trio.lan.bridge import LanBackend
 from wsnic_trio.lan.privsep import (
@@ -75,35 +79,70 @@ async def run_server(
         api_listeners = bind_api(config.server.api)
         if not transports:
             log.warning("no listener is configured: nothing can connect")
-        backend: AbstractAsyncContextManager[LanBackend] = (
-            open_backend(config)
-            if account is None
-            else SeparatedLan(config, account, socket_files([*transports, *api_listeners]))
-        )
-        async with backend as lan:
-            config = lan.config  # rootless: the lease file is in the helper's run directory
-            server = Server(config, lan, transports, tokens)
+        several = list(config.all_lans()) != [DEFAULT_LAN] or config.server.lan_pool is not None
+        if several and account is not None:
+            raise ConfigError(
+                "several LANs (--lan, [lan.NAME], --lan-pool) run only as root for now, not "
+                "with --user"
+            )
+        if several:
+            on_demand = ", and LANs on demand" if config.server.lan_pool is not None else ""
+            log.info("mode: root mode, %d LANs%s", len(config.all_lans()), on_demand)
+        async with contextlib.AsyncExitStack() as stack:
+            backends: dict[str, LanBackend] = {}
+            for name in config.all_lans():
+                backend: AbstractAsyncContextManager[LanBackend] = (
+                    open_backend(config.for_lan(name), several=several)
+                    if account is None
+                    else SeparatedLan(config, account, socket_files([*transports, *api_listeners]))
+                )
+                backends[name] = await stack.enter_async_context(backend)
+            if not several:
+                # Rootless: the lease file is in the helper's run directory.
+                config = backends[DEFAULT_LAN].config
+            server = Server(config, backends, transports, tokens)
             if account is not None:
                 # --user: listeners are bound and the LAN is up; nothing below needs root.
                 drop_privileges(account)
                 for problem in unreadable_files(config):
                     log.warning("as user %s: %s", account.user, problem)
             async with trio.open_nursery() as nursery:
-                if not config.lan.disable_dhcp and not isinstance(lan, HelperLan):
-                    await nursery.start(serve_dnsmasq, config, server.count_dnsmasq_restart)
-                watch_leases = config.lan.lock_ip or config.server.api or config.lan.forward
-                if server.leases is not None and watch_leases:
-                    nursery.start_soon(server.leases.watch)
+                if config.server.lan_pool is not None:
+                    server.maker = OnDemandLans(config, server, nursery)
+                    log.info(
+                        "LANs on demand: /%d blocks of %s, at most %s, removed after %g s idle",
+                        config.server.lan_prefix,
+                        config.server.lan_pool,
+                        config.server.max_lans or "any number",
+                        config.server.lan_idle_timeout,
+                    )
+                for state in list(server.lans.values()):
+                    view = state.config
+                    if not view.lan.disable_dhcp and not isinstance(state.backend, HelperLan):
+                        await nursery.start(serve_dnsmasq, view, server.count_dnsmasq_restart)
+                    watch_leases = view.lan.lock_ip or view.server.api or view.lan.forward
+                    if state.leases is not None and watch_leases:
+                        nursery.start_soon(state.leases.watch)
                 # Forwards open their remote side in the LAN's namespace (rootless: the
                 # helper makes the socket), else here.
+                main = backends.get(DEFAULT_LAN)
                 open_remote: OpenRemote = (
-                    lan.open_remote if isinstance(lan, RootlessLan) else open_remote_here
+                    main.open_remote if isinstance(main, RootlessLan) else open_remote_here
                 )
                 await start_control(nursery, server, api_listeners, api_tokens, open_remote)
                 for transport in transports:
                     await nursery.start(transport.serve, server)
                     log.info("listening on %s", transport.describe())
-                log.info("ready: LAN %s on bridge %s", config.lan.subnet, config.lan.bridge)
+                if not server.lans:
+                    log.info("ready: no LAN until a client asks for one (/lan/NAME)")
+                for state in server.lans.values():
+                    named = f" {state.name}" if server.named else ""
+                    log.info(
+                        "ready: LAN%s %s on bridge %s",
+                        named,
+                        state.config.lan.subnet,
+                        state.config.lan.bridge,
+                    )
                 task_status.started(server)
     finally:
         for transport in transports:

@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from wsnic_trio.errors import ConfigError
 from wsnic_trio.util.text import printable
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_LAN",
     "LAN_PATH_PREFIX",
     "LanPath",
+    "LanSpec",
     "SubnetPool",
     "bridge_name",
     "check_disjoint",
@@ -37,6 +39,36 @@ _NAME_RULE = "a LAN name is 1 to 32 lowercase letters, digits and '-'"
 #: Linux's limit for interface names (IFNAMSIZ - 1).
 IFNAME_MAX = 15
 _BRIDGE_PREFIX = "wsl-"
+
+
+@dataclasses.dataclass(frozen=True)
+class LanSpec:
+    """One named LAN as the user wrote it: ``--lan NAME=CIDR[,KEY=VALUE...]`` or a
+    ``[lan.NAME]`` table. The values are raw; :class:`~wsnic_trio.config.Config` checks
+    them as LAN options."""
+
+    name: str
+    values: tuple[tuple[str, Any], ...]
+
+    def __str__(self) -> str:
+        return ",".join([self.name, *(f"{k}={v}" for k, v in self.values)])
+
+
+def parse_lan_spec(text: str | LanSpec) -> LanSpec:
+    """``NAME=CIDR[,KEY=VALUE...]``: the LAN's name and subnet, then any LAN options."""
+    if isinstance(text, LanSpec):
+        return text
+    head, *rest = text.split(",")
+    name, sep, subnet = head.partition("=")
+    if not sep or not subnet:
+        raise ValueError(f"{text!r}: write NAME=CIDR[,KEY=VALUE...] (class3=10.86.3.0/24)")
+    values: list[tuple[str, Any]] = [("subnet", subnet.strip())]
+    for item in rest:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{text!r}: {item!r} is not KEY=VALUE")
+        values.append((key.strip(), value.strip()))
+    return LanSpec(check_lan_name(name.strip()), tuple(values))
 
 
 def check_lan_name(name: str) -> str:

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import ipaddress
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from wsnic_trio.config.lan import LanConfig
+from wsnic_trio.config.lans import (
+    DEFAULT_LAN,
+    LanSpec,
+    bridge_name,
+    check_disjoint,
+    check_lan_name,
+)
 from wsnic_trio.config.server import ServerConfig
 from wsnic_trio.config.spec import OptionSpec, convert, long_flag, options_of
 from wsnic_trio.errors import ConfigError
@@ -37,13 +45,16 @@ class Config:
     """
 
     server: ServerConfig
+    #: The default LAN (the one the LAN options on their own configure, joined at ``/``).
     lan: LanConfig
+    #: The named LANs (``--lan``, ``[lan.NAME]``), by name.
+    lans: Mapping[str, LanConfig] = dataclasses.field(hash=False)
 
     def __init__(
         self,
         *,
-        server: ServerConfig | None = None,
-        lan: LanConfig | None = None,
+        base_server: ServerConfig | None = None,
+        base_lan: LanConfig | None = None,
         **values: Any,
     ) -> None:
         unknown = [k for k in values if k not in OPTIONS]
@@ -51,20 +62,49 @@ class Config:
             raise TypeError(f"Config got unknown options: {', '.join(unknown)}")
         server_values = {k: v for k, v in values.items() if k in SERVER_OPTIONS}
         lan_values = {k: v for k, v in values.items() if k in LAN_OPTIONS}
-        if server is None:
+        if base_server is None:
             server = ServerConfig(**server_values)
-        elif server_values:
-            server = dataclasses.replace(server, **server_values)
-        if lan is None:
+        else:
+            server = dataclasses.replace(base_server, **server_values)
+        if base_lan is None:
             lan = LanConfig(**lan_values)
-        elif lan_values:
-            lan = dataclasses.replace(lan, **lan_values)
+        else:
+            lan = dataclasses.replace(base_lan, **lan_values)
         object.__setattr__(self, "server", server)
         object.__setattr__(self, "lan", lan)
+        object.__setattr__(self, "lans", _named_lans(server, lan))
+
+    @property
+    def default_lan(self) -> bool:
+        """Whether the default LAN is served (``/`` joins it)."""
+        return not self.server.no_default_lan
+
+    def all_lans(self) -> dict[str, LanConfig]:
+        """Every LAN the server runs at start, the default one first (as ``default``)."""
+        default = {DEFAULT_LAN: self.lan} if self.default_lan else {}
+        return {**default, **self.lans}
+
+    def for_lan(self, name: str) -> Config:
+        """The configuration as one LAN sees it: the server's settings and this LAN's as
+        ``lan`` (what the LAN's bridge, dnsmasq, rules and listeners are made from)."""
+        return self.view(self.all_lans()[name] if name != DEFAULT_LAN else self.lan)
+
+    def view(self, lan: LanConfig) -> Config:
+        """The server's settings with ``lan`` as the LAN (see :meth:`for_lan`)."""
+        view = object.__new__(Config)
+        object.__setattr__(view, "server", self.server)
+        object.__setattr__(view, "lan", lan)
+        object.__setattr__(view, "lans", {})
+        return view
+
+    def on_demand_lan(self, name: str, subnet: ipaddress.IPv4Network) -> LanConfig:
+        """The settings of a LAN made on demand (``--lan-pool``): the default LAN's, with
+        its own subnet and bridge."""
+        return _named_lan(LanSpec(name, (("subnet", subnet),)), self.lan)
 
     def replace(self, **values: Any) -> Config:
         """A copy with some options changed (flat names, checked like any others)."""
-        return Config(server=self.server, lan=self.lan, **values)
+        return Config(base_server=self.server, base_lan=self.lan, **values)
 
     def values(self) -> dict[str, Any]:
         """Every option's value by its flat name (for --help defaults and the helper's wire)."""
@@ -101,6 +141,72 @@ class Config:
             raise ConfigError(f"{where}: {exc}") from None
 
 
+#: LAN options a named LAN does not take from the default LAN: what makes a LAN itself.
+NOT_INHERITED = frozenset(
+    {"subnet", "bridge", "qemu", "qemu_connect", "bess", "dgram", "dhcp_lease_file", "forward"}
+)
+
+
+def _named_lans(server: ServerConfig, default: LanConfig) -> dict[str, LanConfig]:
+    lans: dict[str, LanConfig] = {}
+    for spec in server.lan:
+        if spec.name == DEFAULT_LAN:
+            raise ConfigError(
+                f"LAN {DEFAULT_LAN!r} is the one the LAN options configure; give this LAN "
+                "another name"
+            )
+        if spec.name in lans:
+            raise ConfigError(f"LAN {spec.name!r} is configured twice")
+        lans[spec.name] = _named_lan(spec, default)
+    if not lans and server.no_default_lan and server.lan_pool is None:
+        raise ConfigError("--no-default-lan leaves no LAN: add --lan or --lan-pool")
+    if server.no_default_lan and default.forward:
+        raise ConfigError("--forward is for the default LAN, and --no-default-lan turns it off")
+    everything = {DEFAULT_LAN: default, **lans} if not server.no_default_lan else lans
+    check_disjoint({name: lan.subnet for name, lan in everything.items()})
+    _check_unique(everything, "bridge", lambda lan: [lan.bridge])
+    _check_unique(
+        everything, "listener", lambda lan: [*lan.qemu, *lan.qemu_connect, *lan.bess, *lan.dgram]
+    )
+    return lans
+
+
+def _named_lan(spec: LanSpec, default: LanConfig) -> LanConfig:
+    typed = {k: getattr(default, k) for k in LAN_OPTIONS if k not in NOT_INHERITED}
+    for raw_key, raw in spec.values:
+        key = raw_key.replace("-", "_")
+        option = LAN_OPTIONS.get(key)
+        if option is None:
+            whose = " (it is the server's, not a LAN's)" if key in SERVER_OPTIONS else ""
+            raise ConfigError(f"LAN {spec.name}: {raw_key!r} is not a LAN option{whose}")
+        if key == "forward":
+            raise ConfigError(
+                f"LAN {spec.name}: port forwards (--forward) are the default LAN's only for now"
+            )
+        typed[key] = convert(option, raw, f"LAN {spec.name}: {key}")
+    if "subnet" not in typed:
+        raise ConfigError(
+            f"LAN {spec.name}: no subnet (--lan {spec.name}=CIDR, or subnet = ... in "
+            f"[lan.{spec.name}])"
+        )
+    typed.setdefault("bridge", bridge_name(spec.name))
+    try:
+        return LanConfig(**typed)
+    except ConfigError as exc:
+        raise ConfigError(f"LAN {spec.name}: {exc}") from None
+
+
+def _check_unique(
+    lans: Mapping[str, LanConfig], what: str, values: Callable[[LanConfig], list[object]]
+) -> None:
+    owner: dict[str, str] = {}
+    for name, lan in lans.items():
+        for value in values(lan):
+            other = owner.setdefault(str(value), name)
+            if other != name:
+                raise ConfigError(f"LANs {other!r} and {name!r} both have the {what} {value}")
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a config file: TOML (``*.toml``) or wsnic's section-less ``key = value`` file.
 
@@ -117,9 +223,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        nested = [k for k, v in data.items() if isinstance(v, dict)]
+        nested = [k for k, v in data.items() if isinstance(v, dict) and k != "lan"]
         if nested:
-            raise ConfigError(f"{path}: unexpected table [{nested[0]}]; options go at top level")
+            raise ConfigError(
+                f"{path}: unexpected table [{nested[0]}]; options go at top level, and "
+                "named LANs in [lan.NAME] tables"
+            )
+        if isinstance(data.get("lan"), dict):
+            data["lan"] = [_lan_table(path, name, table) for name, table in data["lan"].items()]
         return data
     parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
     parser.optionxform = str  # type: ignore[assignment,method-assign]
@@ -130,3 +241,16 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if parser.sections() != ["wsnic"]:
         raise ConfigError(f"{path}: sections are not allowed; write 'key = value' lines only")
     return dict(parser["wsnic"])
+
+
+def _lan_table(path: Path, name: str, table: Any) -> LanSpec:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: lan.{name} must be a table ([lan.{name}])")
+    try:
+        check_lan_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [lan.{name}]: {exc}") from None
+    for key, value in table.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"{path}: [lan.{name}] may not hold the table {key!r}")
+    return LanSpec(name, tuple(table.items()))

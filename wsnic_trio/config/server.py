@@ -4,15 +4,20 @@ liveness, authentication, capture, privileges (rootless, --user) and logging."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from pathlib import Path
 
 from wsnic_trio.config import syntax
 from wsnic_trio.config.endpoints import ApiEndpoint
+from wsnic_trio.config.lans import LanSpec, parse_lan_spec
 from wsnic_trio.config.origins import OriginPattern
 from wsnic_trio.config.spec import option
 from wsnic_trio.errors import ConfigError
 
-__all__ = ["ServerConfig"]
+__all__ = ["SEVERAL_LANS", "ServerConfig"]
+
+#: The options about several LANs (their own group in --help and the user guide).
+SEVERAL_LANS = ("lan", "lan_pool", "lan_prefix", "lan_idle_timeout", "max_lans", "no_default_lan")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,6 +254,55 @@ class ServerConfig:
     )
     quiet: int = option(
         0, "-q", "--quiet", parse=int, kind="count", help="log only warnings and errors"
+    )
+    # -- several LANs (docs/lans.md) --
+    lan: tuple[LanSpec, ...] = option(
+        (),
+        "--lan",
+        parse=parse_lan_spec,
+        kind="list",
+        split=False,
+        metavar="NAME=CIDR[,KEY=VALUE...]",
+        help="a named LAN with its own subnet, joined at ws://HOST:PORT/lan/NAME; KEY=VALUE "
+        "sets any LAN option for it (qemu=unix:PATH gives it a listener); the options it "
+        "does not set are the default LAN's",
+    )
+    lan_pool: ipaddress.IPv4Network | None = option(
+        None,
+        "--lan-pool",
+        parse=syntax.optional_pool,
+        metavar="CIDR",
+        help="make a LAN on demand for /lan/NAME when NAME is not configured, with the next "
+        "free block of CIDR as its subnet",
+    )
+    lan_prefix: int = option(
+        24,
+        "--lan-prefix",
+        parse=syntax.lan_prefix,
+        metavar="LEN",
+        help="the size of each on-demand LAN's subnet (/LEN blocks of --lan-pool)",
+    )
+    lan_idle_timeout: float = option(
+        300.0,
+        "--lan-idle-timeout",
+        parse=syntax.positive,
+        metavar="SECONDS",
+        help="remove an on-demand LAN (bridge, dnsmasq, rules) this long after its last "
+        "client left",
+    )
+    max_lans: int = option(
+        64,
+        "--max-lans",
+        parse=syntax.count,
+        metavar="N",
+        help="most on-demand LANs at once; 0 for no limit",
+    )
+    no_default_lan: bool = option(
+        False,
+        "--no-default-lan",
+        kind="flag",
+        help="serve only the named LANs: / is refused (the default LAN's options then only "
+        "give the named LANs their defaults)",
     )
 
     def __post_init__(self) -> None:

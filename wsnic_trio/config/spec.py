@@ -36,6 +36,9 @@ class OptionSpec:
     # The default in words, for --help and the user guide, where the value alone says
     # nothing or misleads (None for "a file found at start-up", () for "the bridge").
     default_text: str | None = None
+    #: A repeatable option whose values may themselves contain commas (--lan): each
+    #: value is parsed whole instead of split at commas.
+    split: bool = True
 
 
 def default_words(spec: OptionSpec, value: Any) -> str | None:
@@ -75,6 +78,17 @@ def options_of(cls: type) -> dict[str, OptionSpec]:
 
 
 def convert(spec: OptionSpec, raw: Any, where: str) -> Any:
+    if spec.kind == "list" and not spec.split:
+        whole = raw if isinstance(raw, list | tuple) else [raw]
+        parsed = []
+        for item in whole:
+            if isinstance(item, str) and not item.strip():
+                continue
+            try:
+                parsed.append(spec.parse(item.strip() if isinstance(item, str) else item))
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        return tuple(parsed)
     if spec.kind == "list":
         # Repeatable options: a TOML list, a comma-separated string in a wsnic file, or the
         # list argparse collects from repeated flags (each of which may itself be a comma

@@ -215,3 +215,14 @@ def byte_size(text: str) -> int:
     if size < 1024:
         raise ValueError(f"{text} is too small (at least 1024 bytes)")
     return size
+
+
+def optional_pool(text: str) -> ipaddress.IPv4Network | None:
+    return subnet(text) if text else None
+
+
+def lan_prefix(text: str) -> int:
+    value = int(text.removeprefix("/"))
+    if not 8 <= value <= 30:
+        raise ValueError(f"/{value} is no LAN size: give a prefix length from 8 to 30")
+    return value

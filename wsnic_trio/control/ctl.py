@@ -150,6 +150,7 @@ def show_clients(data: Any) -> str:
     rows = [
         (
             c["id"],
+            c["lan"],
             c["transport"],
             c["remote"],
             c["tap"],
@@ -165,7 +166,7 @@ def show_clients(data: Any) -> str:
     ]
     if not rows:
         return "no clients connected"
-    headers = ["id", "transport", "remote", "tap", "mac", "ip", "hostname", "since"]
+    headers = ["id", "lan", "transport", "remote", "tap", "mac", "ip", "hostname", "since"]
     return table([*headers, "in", "out", "drops"], rows)
 
 
@@ -215,11 +216,32 @@ def show_forwards(data: Any) -> str:
     return table([*headers, "last error"], rows)
 
 
+def show_lans(data: Any) -> str:
+    rows = [
+        (
+            x["name"],
+            x["subnet"],
+            x["bridge"],
+            "on demand" if x["on_demand"] else "configured",
+            "on" if x["nat"] else "off",
+            x["clients"],
+            "-" if x["leases"] is None else x["leases"],
+        )
+        for x in data["lans"]
+    ]
+    if not rows:
+        return "no LANs (LANs on demand appear with their first client)"
+    return table(["lan", "subnet", "bridge", "made", "nat", "clients", "leases"], rows)
+
+
 def show_leases(data: Any) -> str:
-    rows = [(x["ip"], x["mac"], x["hostname"], x["expires"], x["client"]) for x in data["leases"]]
+    rows = [
+        (x["lan"], x["ip"], x["mac"], x["hostname"], x["expires"], x["client"])
+        for x in data["leases"]
+    ]
     if not rows:
         return "no leases"
-    return table(["ip", "mac", "hostname", "expires", "client"], rows)
+    return table(["lan", "ip", "mac", "hostname", "expires", "client"], rows)
 
 
 # -- command line -------------------------------------------------------------------------
@@ -278,6 +300,13 @@ def build_ctl_parser() -> argparse.ArgumentParser:
 
     client_id = "the client's ID, as 'ctl clients' lists it"
     command(sub, "clients", "list the connected clients")
+    lans = command(sub, "lans", "list the LANs; add or rm one made on demand (--lan-pool)")
+    lsub = lans.add_subparsers(dest="action", required=False, metavar="ACTION")
+    command(lsub, "ls", "list the LANs (what 'ctl lans' alone does)")
+    add_lan = command(lsub, "add", "make a LAN now, as its first client would")
+    add_lan.add_argument("name", metavar="NAME", help="the LAN's name (ws://HOST:PORT/lan/NAME)")
+    rm_lan = command(lsub, "rm", "disconnect every client of a LAN made on demand and remove it")
+    rm_lan.add_argument("name", metavar="NAME", help="the LAN's name, as 'ctl lans' lists it")
     command(sub, "stats", "totals since start, per transport")
     command(sub, "leases", "the DHCP leases")
     command(sub, "events", "follow events (JSON lines) until interrupted")
@@ -307,6 +336,10 @@ def build_ctl_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lan_made(data: Any) -> str:
+    return f"LAN {data['name']} made: {data['subnet']} on bridge {data['bridge']}"
+
+
 def _token(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -334,6 +367,15 @@ async def run_ctl(args: argparse.Namespace) -> int:
     show: Any = None
     if command == "clients":
         reply, show = await client.request("GET", "/clients"), show_clients
+    elif command == "lans" and args.action == "add":
+        reply, show = await client.request("POST", "/lans", {"name": args.name}), _lan_made
+    elif command == "lans" and args.action == "rm":
+        reply = await client.request("DELETE", f"/lans/{args.name}")
+        show = lambda d: (  # noqa: E731
+            f"LAN {d['removed']} removed ({d['clients_disconnected']} clients disconnected)"
+        )
+    elif command == "lans":
+        reply, show = await client.request("GET", "/lans"), show_lans
     elif command == "stats":
         reply, show = await client.request("GET", "/stats"), show_stats
     elif command == "leases":

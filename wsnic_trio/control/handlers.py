@@ -14,10 +14,12 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import trio
 
 from wsnic_trio.config.endpoints import make_forward
+from wsnic_trio.config.lans import DEFAULT_LAN, check_lan_name
 from wsnic_trio.control.forward import ForwardError, ForwardManager
 from wsnic_trio.control.http import (
     ApiListener,
@@ -33,7 +35,16 @@ from wsnic_trio.control.http import (
 from wsnic_trio.control.metrics import CONTENT_TYPE_LATEST, make_registry, render
 from wsnic_trio.control.pcap import PeerGone
 from wsnic_trio.control.state import Control
-from wsnic_trio.core import MAX_SUBSCRIBERS, TokenStore, Totals, mac_text, merged_totals
+from wsnic_trio.core import (
+    MAX_SUBSCRIBERS,
+    TokenStore,
+    Totals,
+    mac_text,
+    merged_totals,
+    per_transport,
+)
+from wsnic_trio.errors import first_error
+from wsnic_trio.util.text import printable
 
 if TYPE_CHECKING:
     from wsnic_trio.core import PeerInfo
@@ -75,6 +86,8 @@ class ApiServer:
                 re.compile(r"/clients/([0-9]+)/pcap"),
                 {"POST": self.start_pcap, "DELETE": self.stop_pcap},
             ),
+            (re.compile(r"/lans"), {"GET": self.get_lans, "POST": self.add_lan}),
+            (re.compile(r"/lans/([^/]+)"), {"GET": self.get_lan, "DELETE": self.rm_lan}),
             (re.compile(r"/stats"), {"GET": self.get_stats}),
             (re.compile(r"/leases"), {"GET": self.get_leases}),
             (
@@ -132,6 +145,10 @@ class ApiServer:
                     "DELETE /clients/{id}",
                     "POST /clients/{id}/pcap",
                     "DELETE /clients/{id}/pcap",
+                    "GET /lans",
+                    "GET /lans/{name}",
+                    "POST /lans",
+                    "DELETE /lans/{name}",
                     "GET /stats",
                     "GET /leases",
                     "GET /forwards",
@@ -144,8 +161,9 @@ class ApiServer:
         )
 
     async def _fresh_leases(self) -> None:
-        if self.server.leases is not None:
-            await self.server.leases.update()
+        for state in list(self.server.lans.values()):  # LANs come and go while we wait
+            if state.leases is not None:
+                await state.leases.update()
 
     def _peer(self, match: re.Match[str]) -> PeerInfo:
         digits = match.group(1).lstrip("0") or "0"
@@ -160,12 +178,15 @@ class ApiServer:
     def client_view(self, info: PeerInfo) -> dict[str, Any]:
         stats = info.stats
         lease = None
-        if self.server.leases is not None and stats.mac is not None:
-            lease = self.server.leases.leases.get(stats.mac)
+        state = self.server.lans.get(info.lan)
+        leases = state.leases if state is not None else None
+        if leases is not None and stats.mac is not None:
+            lease = leases.leases.get(stats.mac)
         drops = stats.drops + info.link_drops
         capture = self.control.pcap.captures.get(info.id) if self.control.pcap else None
         return {
             "id": info.id,
+            "lan": info.lan,
             "transport": info.transport,
             "remote": info.remote,
             "origin": info.origin,
@@ -183,9 +204,81 @@ class ApiServer:
             "capture": capture.describe() if capture is not None else None,
         }
 
-    async def get_clients(self, request: Request, match: re.Match[str]) -> Response:
+    def lan_view(self, name: str) -> dict[str, Any]:
+        state = self.server.lans[name]
+        lan = state.config.lan
+        return {
+            "name": name,
+            "subnet": str(lan.subnet),
+            "gateway": str(lan.bridge_address),
+            "bridge": lan.bridge,
+            "mtu": lan.mtu,
+            "dhcp": not lan.disable_dhcp,
+            "nat": lan.enable_inet,
+            "on_demand": state.on_demand,
+            "clients": sum(1 for info in self.server.peers.values() if info.lan == name),
+            "leases": len(state.leases.leases) if state.leases is not None else None,
+        }
+
+    def _lan_name(self, match: re.Match[str]) -> str:
+        name = unquote(match.group(1))
+        if name not in self.server.lans:
+            raise HttpError(404, f"no such LAN: {printable(name, 40)}")
+        return name
+
+    async def get_lans(self, request: Request, match: re.Match[str]) -> Response:
         await self._fresh_leases()
-        peers = sorted(self.server.peers.values(), key=lambda i: i.id)
+        return json_response({"lans": [self.lan_view(name) for name in self.server.lans]})
+
+    async def get_lan(self, request: Request, match: re.Match[str]) -> Response:
+        await self._fresh_leases()
+        return json_response(self.lan_view(self._lan_name(match)))
+
+    async def add_lan(self, request: Request, match: re.Match[str]) -> Response:
+        data = request.json_object()
+        unknown = set(data) - {"name"}
+        if unknown:
+            raise HttpError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        name = data.get("name")
+        if not isinstance(name, str):
+            raise HttpError(400, "field 'name' is required: the new LAN's name")
+        try:
+            check_lan_name(name)
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        maker = self.server.maker
+        if maker is None:
+            raise HttpError(409, "this server makes no LANs on demand (start it with --lan-pool)")
+        if name in self.server.lans:
+            raise HttpError(409, f"LAN {name} exists")
+        refused = maker.refusal(name)
+        if refused is not None:
+            raise HttpError(refused.http_status, refused.reason)
+        try:
+            await maker.make(name)
+        except Exception as exc:  # one line for the caller; the server log has the rest
+            raise HttpError(503, f"LAN {name}: {first_error(exc)}") from None
+        return json_response(self.lan_view(name), 201)
+
+    async def rm_lan(self, request: Request, match: re.Match[str]) -> Response:
+        name = self._lan_name(match)
+        maker = self.server.maker
+        if maker is None or not self.server.lans[name].on_demand:
+            raise HttpError(
+                409,
+                f"LAN {name} is configured: it stays until the server stops (DELETE "
+                "/clients/{id} disconnects its clients)",
+            )
+        kicked = sum(1 for info in self.server.peers.values() if info.lan == name)
+        await maker.remove(name)
+        return json_response({"removed": name, "clients_disconnected": kicked})
+
+    async def get_clients(self, request: Request, match: re.Match[str]) -> Response:
+        names = set(self._lan_filter(request))
+        await self._fresh_leases()
+        peers = sorted(
+            (i for i in self.server.peers.values() if i.lan in names), key=lambda i: i.id
+        )
         return json_response({"clients": [self.client_view(i) for i in peers]})
 
     async def get_client(self, request: Request, match: re.Match[str]) -> Response:
@@ -228,11 +321,14 @@ class ApiServer:
 
     async def get_stats(self, request: Request, match: re.Match[str]) -> Response:
         server = self.server
-        totals = merged_totals(
-            server.totals,
-            ((i.transport, i.stats, i.link_drops) for i in server.peers.values()),
-            (t.name for t in server.transports),
+        totals = per_transport(
+            merged_totals(
+                server.totals,
+                (((i.transport, i.lan), i.stats, i.link_drops) for i in server.peers.values()),
+            )
         )
+        for transport in server.transports:
+            totals.setdefault(transport.name, Totals())
         everything = Totals()
         transports: dict[str, Any] = {}
         for name, t in sorted(totals.items()):
@@ -252,22 +348,40 @@ class ApiServer:
             }
         )
 
+    def _lan_filter(self, request: Request) -> list[str]:
+        """The LANs a listing covers: ``?lan=NAME``, else every LAN."""
+        wanted = request.query.get("lan")
+        if wanted is None:
+            return list(self.server.lans)
+        if wanted not in self.server.lans:
+            raise HttpError(404, f"no such LAN: {printable(wanted, 40)}")
+        return [wanted]
+
     async def get_leases(self, request: Request, match: re.Match[str]) -> Response:
-        leases = self.server.leases
-        if leases is None:
+        names = self._lan_filter(request)
+        states = [self.server.lans[n] for n in names if self.server.lans[n].leases is not None]
+        if not states:
             raise HttpError(409, "this server runs no DHCP (--disable-dhcp): there are no leases")
-        await leases.update()
-        by_mac = {i.stats.mac: i.id for i in self.server.peers.values() if i.stats.mac}
-        rows = [
-            {
-                "mac": mac_text(lease.mac),
-                "ip": str(lease.ip),
-                "hostname": lease.hostname,
-                "expires": _iso(lease.expires) if lease.expires else "never",
-                "client": by_mac.get(lease.mac),
+        rows: list[dict[str, Any]] = []
+        for state in states:
+            assert state.leases is not None
+            await state.leases.update()
+            by_mac = {
+                i.stats.mac: i.id
+                for i in self.server.peers.values()
+                if i.stats.mac and i.lan == state.name
             }
-            for lease in sorted(leases.leases.values(), key=lambda lease: lease.ip)
-        ]
+            rows.extend(
+                {
+                    "lan": state.name,
+                    "mac": mac_text(lease.mac),
+                    "ip": str(lease.ip),
+                    "hostname": lease.hostname,
+                    "expires": _iso(lease.expires) if lease.expires else "never",
+                    "client": by_mac.get(lease.mac),
+                }
+                for lease in sorted(state.leases.leases.values(), key=lambda lease: lease.ip)
+            )
         return json_response({"leases": rows})
 
     def _forwards(self) -> ForwardManager:
@@ -280,6 +394,8 @@ class ApiServer:
 
     async def add_forward(self, request: Request, match: re.Match[str]) -> Response:
         manager = self._forwards()
+        if DEFAULT_LAN not in self.server.lans:
+            raise HttpError(409, "port forwards go to the default LAN, and this server runs none")
         data = request.json_object()
         unknown = set(data) - {"local", "remote", "protocol"}
         if unknown:

@@ -32,53 +32,57 @@ class ServerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         control = self.control
         server = control.server
-        transports = [t.name for t in server.transports]
-        connected: collections.Counter[str] = collections.Counter(
-            info.transport for info in server.peers.values()
+        transports = sorted({t.name for t in server.transports})
+        lans = list(server.lans)
+        # Every listener's transport on every LAN starts at 0 (a LAN made on demand, too).
+        keys = [(t, lan) for t in transports for lan in lans]
+        connected: collections.Counter[tuple[str, str]] = collections.Counter(
+            (info.transport, info.lan) for info in server.peers.values()
         )
         clients = GaugeMetricFamily(
-            "wsnic_clients_connected", "Clients connected now", labels=["transport"]
+            "wsnic_clients_connected", "Clients connected now", labels=["transport", "lan"]
         )
-        for name in sorted(set(transports) | set(connected)):
-            clients.add_metric([name], connected[name])
+        for key in sorted(set(keys) | set(connected)):
+            clients.add_metric(list(key), connected[key])
         yield clients
 
         totals = merged_totals(
             server.totals,
-            ((i.transport, i.stats, i.link_drops) for i in server.peers.values()),
-            transports,
+            (((i.transport, i.lan), i.stats, i.link_drops) for i in server.peers.values()),
+            keys,
         )
         connections = CounterMetricFamily(
-            "wsnic_connections", "Clients that joined since start", labels=["transport"]
+            "wsnic_connections", "Clients that joined since start", labels=["transport", "lan"]
         )
         frames = CounterMetricFamily(
             "wsnic_frames",
             "Ethernet frames relayed (in: client to LAN, out: LAN to client)",
-            labels=["transport", "direction"],
+            labels=["transport", "lan", "direction"],
         )
         octets = CounterMetricFamily(
             "wsnic_bytes",
             "Bytes of Ethernet frames relayed (in: client to LAN, out: LAN to client)",
-            labels=["transport", "direction"],
+            labels=["transport", "lan", "direction"],
         )
         drops = CounterMetricFamily(
-            "wsnic_drops", "Frames dropped, by reason", labels=["transport", "reason"]
+            "wsnic_drops", "Frames dropped, by reason", labels=["transport", "lan", "reason"]
         )
-        for name, t in sorted(totals.items()):
-            connections.add_metric([name], t.connections)
-            frames.add_metric([name, "in"], t.frames_in)
-            frames.add_metric([name, "out"], t.frames_out)
-            octets.add_metric([name, "in"], t.bytes_in)
-            octets.add_metric([name, "out"], t.bytes_out)
+        for (name, lan), t in sorted(totals.items()):
+            connections.add_metric([name, lan], t.connections)
+            frames.add_metric([name, lan, "in"], t.frames_in)
+            frames.add_metric([name, lan, "out"], t.frames_out)
+            octets.add_metric([name, lan, "in"], t.bytes_in)
+            octets.add_metric([name, lan, "out"], t.bytes_out)
             for reason, count in sorted(t.drops.items()):
-                drops.add_metric([name, reason], count)
+                drops.add_metric([name, lan, reason], count)
         yield from (connections, frames, octets, drops)
 
         refused = CounterMetricFamily(
             "wsnic_refused",
             "Would-be clients turned away (origin, auth, login-brake, limit, no-tap: no TAP "
-            "could be made, e.g. the bridge is full; handshake-limit, handshake-limit-per-ip: "
-            "closed in its handshake to make room for a newer connection)",
+            "could be made, e.g. the bridge is full; no-lan: no such LAN; lan-limit: no LAN "
+            "could be made on demand; handshake-limit, handshake-limit-per-ip: closed in its "
+            "handshake to make room for a newer connection)",
             labels=["transport", "reason"],
         )
         for (name, reason), count in sorted(server.refused.items()):
@@ -90,10 +94,12 @@ class ServerCollector(Collector):
         )
         restarts.add_metric([], server.dnsmasq_restarts)
         yield restarts
-        if server.leases is not None:
-            yield GaugeMetricFamily(
-                "wsnic_dhcp_leases", "DHCP leases dnsmasq holds", value=len(server.leases.leases)
-            )
+        leases = GaugeMetricFamily("wsnic_dhcp_leases", "DHCP leases dnsmasq holds", labels=["lan"])
+        for name, state in server.lans.items():
+            if state.leases is not None:
+                leases.add_metric([name], len(state.leases.leases))
+        yield leases
+        yield GaugeMetricFamily("wsnic_lans", "LANs the server runs now", value=len(server.lans))
         forwards = GaugeMetricFamily(
             "wsnic_forwards", "Port forwards configured", labels=["protocol"]
         )

@@ -14,7 +14,7 @@ from wsnic_trio.control.handlers import ApiServer
 from wsnic_trio.control.http import ApiListener
 from wsnic_trio.control.pcap import PcapManager
 from wsnic_trio.control.state import Control
-from wsnic_trio.core import TokenStore, mac_text
+from wsnic_trio.core import LanState, TokenStore, mac_text
 from wsnic_trio.errors import SetupError
 from wsnic_trio.host.leases import Lease
 
@@ -80,12 +80,20 @@ async def start_control(
     for listener in listeners:
         await nursery.start(api.serve, listener)
         log.info("control API on %s", listener.describe())
-    if server.leases is not None:
-        server.leases.on_change.append(functools.partial(_lease_events, server))
+    for state in server.lans.values():
+        _watch_lease_events(server, state)
+    server.on_lan_added.append(functools.partial(_watch_lease_events, server))
     return control
 
 
-def _lease_events(server: Server, old: dict[bytes, Lease], new: dict[bytes, Lease]) -> None:
+def _watch_lease_events(server: Server, state: LanState) -> None:
+    if state.leases is not None:
+        state.leases.on_change.append(functools.partial(_lease_events, server, state.name))
+
+
+def _lease_events(
+    server: Server, lan: str, old: dict[bytes, Lease], new: dict[bytes, Lease]
+) -> None:
     by_mac = {i.stats.mac: i.id for i in server.peers.values() if i.stats.mac}
     for mac, lease in new.items():
         before = old.get(mac)
@@ -101,9 +109,14 @@ def _lease_events(server: Server, old: dict[bytes, Lease], new: dict[bytes, Leas
                 hostname=lease.hostname,
                 expires=lease.expires,
                 client=by_mac.get(mac),
+                lan=lan,
             )
     for mac, lease in old.items():
         if mac not in new:
             server.events.publish(
-                "lease-released", mac=mac_text(mac), ip=str(lease.ip), hostname=lease.hostname
+                "lease-released",
+                mac=mac_text(mac),
+                ip=str(lease.ip),
+                hostname=lease.hostname,
+                lan=lan,
             )

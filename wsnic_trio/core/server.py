@@ -16,24 +16,24 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import trio
 from pyroute2.netlink.exceptions import NetlinkError
 
 from wsnic_trio.config import Config
-from wsnic_trio.core.admission import Admission, TokenStore
+from wsnic_trio.config.lans import DEFAULT_LAN
+from wsnic_trio.core.admission import Admission, FailureLimiter, TokenStore
 from wsnic_trio.core.events import EventBus
-from wsnic_trio.core.guard import FramePolicy, GatewayRules, SourceGuard, refuse_mac
+from wsnic_trio.core.guard import FramePolicy, SourceGuard, refuse_mac
+from wsnic_trio.core.lanstate import BRIDGE_MAC_BYTES, LanMaker, LanState
 from wsnic_trio.core.relay import RelayStats, relay
 from wsnic_trio.core.stats import Totals, mac_text
-from wsnic_trio.errors import ConfigError, PeerClosed, PeerError, SetupError
-from wsnic_trio.host.dnsmasq import lease_file_path
-from wsnic_trio.host.leases import LeaseTable
+from wsnic_trio.errors import ConfigError, PeerClosed, PeerError, SetupError, first_error
 from wsnic_trio.host.tap import TapDevice
-from wsnic_trio.lan.bridge import BRIDGE_MAC, LanBackend
-from wsnic_trio.transports.base import AdmissionRequest, FrameCheck, PeerLink, Rejection, Transport
+from wsnic_trio.lan.bridge import LanBackend
+from wsnic_trio.transports.base import AdmissionRequest, PeerLink, Rejection, Transport
 
 __all__ = ["CaptureHook", "PeerInfo", "Server"]
 
@@ -42,7 +42,7 @@ log = logging.getLogger("wsnic_trio.server")
 #: The most open files the server asks for (clients, their TAPs, listeners, helpers).
 
 #: The ``reason`` label of ``wsnic_refused_total`` for each admission answer.
-_REFUSAL_KINDS = {401: "auth", 403: "auth", 429: "login-brake", 503: "limit"}
+_REFUSAL_KINDS = {401: "auth", 403: "auth", 404: "no-lan", 429: "login-brake", 503: "limit"}
 
 
 class CaptureHook(Protocol):
@@ -78,6 +78,8 @@ class PeerInfo:
     link_drops: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     #: Set once the peer is gone (its TAP removed).
     gone: trio.Event = dataclasses.field(default_factory=trio.Event)
+    #: The LAN it is on.
+    lan: str = DEFAULT_LAN
 
     @property
     def mac(self) -> bytes | None:
@@ -85,47 +87,66 @@ class PeerInfo:
 
 
 class Server:
-    """Runs peers on one LAN; ``peers`` is the live registry."""
+    """Runs peers on one or more LANs; ``peers`` is the live registry."""
 
     def __init__(
         self,
         config: Config,
-        lan: LanBackend,
+        lan: LanBackend | Mapping[str, LanBackend],
         transports: Sequence[Transport],
         tokens: TokenStore | None = None,
     ) -> None:
         self.config = config
-        self.lan = lan
         self.transports = list(transports)
-        self.check = FrameCheck(config.lan.max_frame)
         self.peers: dict[int, PeerInfo] = {}
         self._ids = itertools.count(1)
         self.tokens = tokens or TokenStore(None)
-        self.admission = Admission(
-            self.tokens,
-            max_clients=config.lan.max_clients,
-            max_clients_per_ip=config.lan.max_clients_per_ip,
-            origins=config.server.allow_origin,
-        )
-        self.bridge_mac = bytes.fromhex(BRIDGE_MAC.replace(":", ""))
-        #: What no client may send (gateway impersonation, rogue DHCP, IPv6 RAs).
-        self.rules = GatewayRules(self.bridge_mac, config.lan.bridge_address.packed)
-        #: Which connected peer owns which MAC (its first source MAC, for every peer).
-        self.mac_owners: dict[bytes, int] = {}
-        #: dnsmasq's leases, when the server runs DHCP.
-        self.leases: LeaseTable | None = None
-        if not config.lan.disable_dhcp:
-            self.leases = LeaseTable(lease_file_path(config))
+        #: The login brake, shared by every LAN (a guess is a guess on any of them).
+        self.limiter = limiter = FailureLimiter()
+        backends = lan if isinstance(lan, Mapping) else {DEFAULT_LAN: lan}
+        #: Every LAN by name (``default`` for the one the LAN options configure).
+        self.lans: dict[str, LanState] = {
+            name: LanState.make(
+                name,
+                config.for_lan(name) if name != DEFAULT_LAN else config,
+                backend,
+                self.tokens,
+                limiter,
+            )
+            for name, backend in backends.items()
+        }
+        #: Whether LANs have names (a WebSocket path picks one): log lines then say which.
+        self.named = len(self.lans) > 1 or DEFAULT_LAN not in self.lans
+        # The first LAN (the default one, when it runs) for what has only one LAN yet:
+        # the control API's leases and forwards.
+        default = self.lans.get(DEFAULT_LAN)
+        #: The default LAN's leases (its port forwards look names up there).
+        self.leases = default.leases if default is not None else None
+        #: Called with each LAN made after start (on demand).
+        self.on_lan_added: list[Callable[[LanState], None]] = []
+        self.bridge_mac = BRIDGE_MAC_BYTES
         # -- what the control API shows (docs/api.md) --
         self.started_at = time.time()
-        #: Per transport: connections since start, and the traffic of peers that left.
-        self.totals: dict[str, Totals] = {}
+        #: Per (transport, LAN): connections since start, and the traffic of peers that left.
+        self.totals: dict[tuple[str, str], Totals] = {}
         self.events = EventBus()
         #: Would-be peers turned away (in or after their handshake), by (transport, why).
         self.refused: collections.Counter[tuple[str, str]] = collections.Counter()
         self.dnsmasq_restarts = 0
         #: Packet capture, when the control layer runs it (``--pcap``).
         self.capture: CaptureHook | None = None
+        #: Makes a LAN for a name no LAN has yet (``--lan-pool``); None: unknown names 404.
+        self.maker: LanMaker | None = None
+        #: Who may join a LAN that does not exist yet (tokens, origin; no client limits).
+        self._newcomers = Admission(
+            self.tokens, limiter=limiter, origins=config.server.allow_origin
+        )
+
+    @property
+    def mac_owners(self) -> dict[bytes, int]:
+        """The first LAN's MAC owners (each LAN has its own: ``lans[name].mac_owners``)."""
+        main = next(iter(self.lans.values()), None)
+        return main.mac_owners if main is not None else {}
 
     def kick(self, peer_id: int, reason: str = "kicked by the API") -> bool:
         """Disconnect a peer (its TAP goes with it); False when there is no such peer."""
@@ -138,22 +159,38 @@ class Server:
 
     def _mac_seen(self, info: PeerInfo, mac: bytes) -> None:
         log.info("client %d uses MAC %s (%s on %s)", info.id, mac.hex(":"), info.remote, info.tap)
-        self.events.publish("client-mac", id=info.id, tap=info.tap, mac=mac.hex(":"))
+        self.events.publish("client-mac", id=info.id, tap=info.tap, mac=mac.hex(":"), lan=info.lan)
+
+    def add_lan(self, state: LanState) -> None:
+        """Register a LAN made after start (on demand)."""
+        self.lans[state.name] = state
+        for hook in self.on_lan_added:
+            hook(state)
 
     def count_dnsmasq_restart(self) -> None:
         self.dnsmasq_restarts += 1
 
     # -- what transports call ---------------------------------------------------------
 
+    def lan_of(self, name: str | None) -> LanState | None:
+        return self.lans.get(name or DEFAULT_LAN)
+
     def admit(self, request: AdmissionRequest) -> Rejection | None:
-        rejection = self.admission.check(request)
+        state = self.lan_of(request.lan)
+        if state is not None:
+            rejection = state.admission.check(request)
+        elif self.maker is not None and request.lan is not None:
+            rejection = self._newcomers.check(request) or self.maker.refusal(request.lan)
+        else:
+            rejection = Rejection(404, f"no such LAN: {request.lan or DEFAULT_LAN}", 1008, "no-lan")
         if rejection is not None:
             kind = rejection.kind or _REFUSAL_KINDS.get(rejection.http_status, "other")
             self.refused[(request.transport, kind)] += 1
         return rejection
 
     def admission_delay(self, request: AdmissionRequest) -> float:
-        return self.admission.login_delay(request)
+        state = self.lan_of(request.lan)
+        return (state.admission if state is not None else self._newcomers).login_delay(request)
 
     def count_refusal(self, transport: str, reason: str) -> None:
         self.refused[(transport, reason)] += 1
@@ -178,38 +215,35 @@ class Server:
 
     # -- per peer -----------------------------------------------------------------------
 
-    def _policy(self, peer_id: int, link: PeerLink, stats: RelayStats) -> FramePolicy:
-        lock = self.config.lan.lock_mac == "all" or (
-            self.config.lan.lock_mac == "ws" and link.transport in ("ws", "wss")
-        )
+    def _policy(
+        self, state: LanState, peer_id: int, link: PeerLink, stats: RelayStats
+    ) -> FramePolicy:
+        lan = state.config.lan
+        lock = lan.lock_mac == "all" or (lan.lock_mac == "ws" and link.transport in ("ws", "wss"))
 
         def claim(mac: bytes) -> None:
-            self._claim_mac(peer_id, link, mac)
+            self._claim_mac(state, peer_id, link, mac)
 
         guard = None
-        if lock or self.config.lan.lock_ip:
+        if lock or lan.lock_ip:
             guard = SourceGuard(
                 self.bridge_mac,
                 claim=claim,
-                leased_ip=self.leased_ip if self.config.lan.lock_ip else None,
+                leased_ip=state.leased_ip if lan.lock_ip else None,
             )
         return FramePolicy(
-            self.check,
+            state.check,
             stats.drops,
             guard,
-            self.config.lan.rate_limit,
-            self.rules,
-            broadcast_limit=self.config.lan.broadcast_limit,
+            lan.rate_limit,
+            state.rules,
+            broadcast_limit=lan.broadcast_limit,
             # An unlocked peer (a VM) may send from other MACs too, but its first MAC is
             # recorded all the same: nobody else may take it over.
             claim=claim if guard is None else None,
         )
 
-    def leased_ip(self, mac: bytes) -> bytes | None:
-        """The IPv4 address dnsmasq leased to ``mac`` (None: no lease known)."""
-        return self.leases.ip_of(mac) if self.leases is not None else None
-
-    def _claim_mac(self, peer_id: int, link: PeerLink, mac: bytes) -> None:
+    def _claim_mac(self, state: LanState, peer_id: int, link: PeerLink, mac: bytes) -> None:
         """A peer's first frame names its MAC; resolve a clash with a connected peer.
 
         Every peer's first MAC is recorded, locked or not, whatever its transport: the
@@ -222,7 +256,7 @@ class Server:
         is refused, also from the same host: a web page in a browser there can reach
         the WebSocket listener, and must not take the MAC of a VM on a local socket.
         """
-        owner_id = self.mac_owners.get(mac)
+        owner_id = state.mac_owners.get(mac)
         owner = self.peers.get(owner_id) if owner_id is not None else None
         if owner is not None and owner_id != peer_id:
             if owner.remote_ip != link.remote_ip or owner.transport != link.transport:
@@ -235,32 +269,63 @@ class Server:
             )
             owner.replaced_by = peer_id
             owner.cancel_scope.cancel()
-        self.mac_owners[mac] = peer_id
+        state.mac_owners[mac] = peer_id
 
     async def handle_peer(self, link: PeerLink) -> None:
         """Serve one peer until it ends; never raises anything but Cancelled."""
         ip = link.remote_ip
+        name = getattr(link, "lan", None) or DEFAULT_LAN
+        state = self.lans.get(name)
+        if state is None and self.maker is not None and name != DEFAULT_LAN:
+            refused = self.maker.refusal(name)
+            if refused is not None:
+                await self._refuse(link, refused, refused.kind or "limit")
+                return
+            try:
+                state = await self.maker.make(name)
+            except Exception as exc:  # whatever it was, it costs this client only
+                why = first_error(exc)
+                log.error(
+                    "LAN %s could not be made: %s",
+                    name,
+                    why,
+                    exc_info=None if isinstance(why, SetupError | OSError) else exc,
+                )
+                await self._refuse(link, Rejection(503, f"LAN {name}: {why}", 1013), "no-lan")
+                return
+        if state is None:
+            await self._refuse(link, Rejection(404, f"no such LAN: {name}", 1008), "no-lan")
+            return
         # Limits again, now synchronously with joining (the handshake-time check can race).
-        rejection = self.admission.check(AdmissionRequest(link.transport, ip), authenticate=False)
+        rejection = state.admission.check(
+            AdmissionRequest(link.transport, ip, lan=name), authenticate=False
+        )
         if rejection is not None:
             await self._refuse(link, rejection, "limit")
             return
-        self.admission.join(ip)
+        state.admission.join(ip)
+        state.idle_since = None
         try:
-            await self._serve_admitted(link)
+            await self._serve_admitted(state, link)
         finally:
-            self.admission.leave(ip)
+            state.admission.leave(ip)
+            if state.admission.clients == 0:
+                state.idle_since = trio.current_time()
 
     async def _refuse(self, link: PeerLink, rejection: Rejection, kind: str) -> None:
         log.warning("%s %s refused: %s", link.transport, link.remote, rejection.reason)
         self.refused[(link.transport, kind)] += 1
         self.events.publish(
-            "client-refused", transport=link.transport, remote=link.remote, reason=rejection.reason
+            "client-refused",
+            transport=link.transport,
+            remote=link.remote,
+            reason=rejection.reason,
+            lan=getattr(link, "lan", None) or DEFAULT_LAN,
         )
         await link.refuse(rejection)
 
     async def _open_tap_or_refuse(
-        self, stack: contextlib.AsyncExitStack, link: PeerLink
+        self, state: LanState, stack: contextlib.AsyncExitStack, link: PeerLink
     ) -> TapDevice | None:
         """The peer's TAP, attached and forwarding; None when the peer was refused.
 
@@ -268,7 +333,7 @@ class Server:
         the server's failure: the peer hears why, the log gets one line.
         """
         try:
-            return await stack.enter_async_context(self.lan.open_tap())
+            return await stack.enter_async_context(state.backend.open_tap())
         except (SetupError, OSError) as exc:
             reason = str(exc) if isinstance(exc, SetupError) else _describe(exc)
         except NetlinkError as exc:
@@ -279,14 +344,15 @@ class Server:
         await self._refuse(link, Rejection(503, reason, 1013), "no-tap")
         return None
 
-    async def _serve_admitted(self, link: PeerLink) -> None:
+    async def _serve_admitted(self, state: LanState, link: PeerLink) -> None:
         peer_id = next(self._ids)
         stats = RelayStats()
         reason: BaseException | None = None
-        policy = self._policy(peer_id, link, stats)
+        policy = self._policy(state, peer_id, link, stats)
+        on_lan = f" on LAN {state.name}" if self.named else ""
         try:
             async with contextlib.AsyncExitStack() as stack:
-                tap = await self._open_tap_or_refuse(stack, link)
+                tap = await self._open_tap_or_refuse(state, stack, link)
                 if tap is None:
                     return
                 with trio.CancelScope() as scope:
@@ -294,16 +360,18 @@ class Server:
                         peer_id, link.transport, link.remote, link.remote_ip, tap.name, stats, scope
                     )
                     info.link_drops = link.drops
+                    info.lan = state.name
                     # Only WebSocket links have an Origin (a browser's page); not in PeerLink.
                     info.origin = getattr(link, "origin", None)
                     self.peers[peer_id] = info
-                    self.totals.setdefault(link.transport, Totals()).connections += 1
+                    self.totals.setdefault((link.transport, state.name), Totals()).connections += 1
                     stats.on_mac = functools.partial(self._mac_seen, info)
                     if self.capture is not None and self.capture.capture_all:
                         self.capture.start(info)
                     log.info(
-                        "client %d connected: %s %s on %s%s",
+                        "client %d connected%s: %s %s on %s%s",
                         peer_id,
+                        on_lan,
                         link.transport,
                         link.remote,
                         tap.name,
@@ -315,6 +383,7 @@ class Server:
                         transport=link.transport,
                         remote=link.remote,
                         tap=tap.name,
+                        lan=state.name,
                     )
                     try:
                         # Only now is the peer told it joined: its TAP forwards.
@@ -352,15 +421,15 @@ class Server:
             )
         finally:
             mac = policy.mac
-            if mac is not None and self.mac_owners.get(mac) == peer_id:
-                del self.mac_owners[mac]
+            if mac is not None and state.mac_owners.get(mac) == peer_id:
+                del state.mac_owners[mac]
             info_gone = self.peers.pop(peer_id, None)
             stats.drops.update(link.drops)
             if stats.capture is not None and self.capture is not None:
                 self.capture.stop(peer_id)
             if info_gone is not None:
                 info_gone.gone.set()
-                self.totals.setdefault(link.transport, Totals()).add(stats)
+                self.totals.setdefault((link.transport, state.name), Totals()).add(stats)
                 log.info(
                     "client %d disconnected (%s): %s %s on %s, MAC %s: %s",
                     peer_id,
@@ -379,6 +448,7 @@ class Server:
                     tap=info_gone.tap,
                     mac=mac_text(stats.mac),
                     reason=_describe(reason),
+                    lan=state.name,
                 )
             await link.aclose(reason)
 

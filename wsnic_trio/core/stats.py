@@ -1,4 +1,4 @@
-"""Totals per transport that outlive the clients they count.
+"""Totals per transport and LAN that outlive the clients they count.
 
 A peer's :class:`RelayStats` goes away with the peer; when it does, the server adds it
 to its transport's :class:`Totals`. Anything that reports "since start" (the API's
@@ -11,11 +11,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from wsnic_trio.core.relay import RelayStats
 
-__all__ = ["Totals", "mac_text", "merged_totals"]
+__all__ = ["Totals", "mac_text", "merged_totals", "per_transport"]
+
+K = TypeVar("K")
 
 
 @dataclasses.dataclass
@@ -56,22 +58,31 @@ class Totals:
 
 
 def merged_totals(
-    departed: Mapping[str, Totals],
-    live: Iterable[tuple[str, RelayStats, Mapping[str, int]]],
-    names: Iterable[str] = (),
-) -> dict[str, Totals]:
-    """Per transport: the departed peers' totals plus every live peer's counters.
+    departed: Mapping[K, Totals],
+    live: Iterable[tuple[K, RelayStats, Mapping[str, int]]],
+    names: Iterable[K] = (),
+) -> dict[K, Totals]:
+    """Per key (transport and LAN): the departed peers' totals plus every live peer's
+    counters.
 
     A live peer was counted as a connection when it joined (``departed`` holds the
     connection counts of live peers too), so only its traffic is added here.
     """
-    out: dict[str, Totals] = {name: Totals() for name in names}
+    out: dict[K, Totals] = {name: Totals() for name in names}
     for name, totals in departed.items():
         copy = Totals()
         copy.merge(totals)
         out[name] = copy
     for name, stats, link_drops in live:
         out.setdefault(name, Totals()).add(stats, link_drops)
+    return out
+
+
+def per_transport(totals: Mapping[tuple[str, str], Totals]) -> dict[str, Totals]:
+    """(transport, LAN) totals summed per transport."""
+    out: dict[str, Totals] = {}
+    for (transport, _), t in totals.items():
+        out.setdefault(transport, Totals()).merge(t)
     return out
 
 

@@ -38,7 +38,13 @@ import trio
 from wsnic_trio.config import Config
 from wsnic_trio.errors import SetupError
 from wsnic_trio.host.paths import RUN_ROOT, release_run_root
-from wsnic_trio.host.procs import iter_processes, net_namespace_id, port_holders
+from wsnic_trio.host.procs import (
+    PortHolder,
+    iter_processes,
+    net_namespace_id,
+    port_holders,
+    read_cmdline,
+)
 from wsnic_trio.util.safefs import UnsafePathError, open_directory, prepare_private_file
 
 __all__ = [
@@ -503,8 +509,28 @@ async def _run_instance(
     return proc.returncode, _why(tail)
 
 
-def _start_error(why: str, address: ipaddress.IPv4Address) -> SetupError:
-    holders = [h for h in port_holders([53, 67], address) if h.proto == "udp" or h.port == 53]
+def serves_another_interface(holder: PortHolder, bridge: str) -> bool:
+    """A dnsmasq serving DHCP on one other interface only (``--bind-interfaces`` with one
+    ``--interface``, as every LAN's dnsmasq runs): its socket on 0.0.0.0:67 is bound to
+    that device (SO_BINDTODEVICE, which /proc/net/udp does not show), so it leaves this
+    bridge's DHCP alone. That is how several LANs each have a dnsmasq of their own."""
+    if holder.port != 67 or holder.pid is None:
+        return False
+    argv = read_cmdline(holder.pid)
+    interfaces = [a.removeprefix("--interface=") for a in argv if a.startswith("--interface=")]
+    return "--bind-interfaces" in argv and len(interfaces) == 1 and interfaces[0] != bridge
+
+
+def _conflicts(address: ipaddress.IPv4Address, bridge: str) -> list[PortHolder]:
+    return [
+        h
+        for h in port_holders([53, 67], address)
+        if (h.proto == "udp" or h.port == 53) and not serves_another_interface(h, bridge)
+    ]
+
+
+def _start_error(why: str, address: ipaddress.IPv4Address, bridge: str) -> SetupError:
+    holders = _conflicts(address, bridge)
     if holders:
         held = "; ".join(h.describe() for h in holders)
         return SetupError(
@@ -541,9 +567,8 @@ async def serve_dnsmasq(
     level, text = describe_dns(config, resolv_text, unreadable)
     log.log(level, "%s", text)
 
-    holders = await trio.to_thread.run_sync(port_holders, [53, 67], address)
-    if any(h.proto == "udp" or h.port == 53 for h in holders):
-        raise _start_error("", address)
+    if await trio.to_thread.run_sync(_conflicts, address, config.lan.bridge):
+        raise _start_error("", address, config.lan.bridge)
     await trio.to_thread.run_sync(_make_run_dir, rundir)
     # Leases name every client's MAC, address and hostname: readable by root (and with
     # --user the server's user) only. dnsmasq keeps the owner and mode of a file that
@@ -617,7 +642,7 @@ async def _supervise(
             code, why = await _run_instance(argv, address, on_ready)
         except _NotReady as exc:
             if not reported:
-                raise _start_error(str(exc), address) from None
+                raise _start_error(str(exc), address, plan.bridge) from None
             log.error("dnsmasq could not start again: %s; next try in %g s", exc, delay)
         else:
             if trio.current_time() - began > _STABLE_AFTER:

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
+import os
 import re
 import shutil
 from collections.abc import AsyncIterator, Sequence
@@ -44,6 +45,7 @@ __all__ = [
     "TableNote",
     "build_ruleset",
     "check_nft",
+    "clear_leftover_forwarding",
     "clear_leftover_table",
     "host_filter",
     "table_name",
@@ -72,8 +74,9 @@ class TableNote:
     """What the table's comment remembers about the run that made it.
 
     ``ip_forward`` is the value to restore after a crash; None when the run does not
-    change the sysctl (no ``-i``): a later run must then leave it alone, whatever it is,
-    since somebody else (Docker, libvirt) may have changed it since.
+    change the sysctl (no ``-i``, or it found forwarding on): a later run must then leave
+    it alone, whatever it is, since somebody else (Docker, libvirt) may have changed it
+    since.
     """
 
     pid: int
@@ -281,6 +284,81 @@ async def clear_leftover_table(bridge: str) -> None:
     )
 
 
+# -- ip_forward: one switch for the namespace, shared by every LAN that does NAT ----------
+
+#: The table that remembers, for the next start after a crash, what ip_forward was.
+_FORWARD_TABLE = "wsnic_trio_forward_{pid}"
+_FORWARD_TABLE_NAME = re.compile(r"^table inet (wsnic_trio_forward_(\d+))$", re.MULTILINE)
+
+
+class _Forwarding:
+    """``net.ipv4.ip_forward`` belongs to the whole namespace, and any number of LANs of
+    this server may need it on (LANs made on demand come and go in any order). The first
+    one turns it on and writes the old value into a table of its own (the record for the
+    next start if this process is killed); the last one to stop puts the value back."""
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.before: str | None = None
+        self.lock = trio.Lock()
+
+    async def claim(self, pid: int) -> None:
+        async with self.lock:
+            if self.users == 0:
+                before = await trio.to_thread.run_sync(read_sysctl, IP_FORWARD)
+                if before != "1":
+                    note = TableNote(pid, "-", before)
+                    table = _FORWARD_TABLE.format(pid=pid)
+                    await _nft(
+                        ["-f", "-"], f'table inet {table} {{\n    comment "{note.render()}"\n}}\n'
+                    )
+                    await trio.to_thread.run_sync(write_sysctl, IP_FORWARD, "1")
+                    log.info("%s was %s: set to 1 for this run", IP_FORWARD, before)
+                    self.before = before
+            self.users += 1
+
+    async def release(self, pid: int) -> None:
+        async with self.lock:
+            self.users -= 1
+            if self.users > 0 or self.before is None:
+                return
+            before, self.before = self.before, None
+            now = await trio.to_thread.run_sync(read_sysctl, IP_FORWARD)
+            if now != before:
+                await trio.to_thread.run_sync(write_sysctl, IP_FORWARD, before)
+                log.info("%s restored to %s", IP_FORWARD, before)
+            await _nft(["delete", "table", "inet", _FORWARD_TABLE.format(pid=pid)])
+
+
+_FORWARDING = _Forwarding()
+
+
+async def clear_leftover_forwarding() -> None:
+    """Put ip_forward back as a killed run found it (its forward table says how)."""
+    if shutil.which("nft") is None:
+        return
+    listing = await _nft(["list", "tables"])
+    for table, pid_text in _FORWARD_TABLE_NAME.findall(listing):
+        pid = int(pid_text)
+        if pid == os.getpid() or pid_is_wsnic(pid):
+            continue  # ours, or a running server's
+        text = await _nft(["list", "table", "inet", table])
+        m = _COMMENT.search(text)
+        note = TableNote.parse(m.group(1) if m else None)
+        if note is not None and note.ip_forward is not None:
+            current = await trio.to_thread.run_sync(read_sysctl, IP_FORWARD)
+            if current != note.ip_forward:
+                await trio.to_thread.run_sync(write_sysctl, IP_FORWARD, note.ip_forward)
+                log.warning(
+                    "%s restored to %s, as it was before an earlier run (pid %d) that did "
+                    "not stop cleanly",
+                    IP_FORWARD,
+                    note.ip_forward,
+                    pid,
+                )
+        await _nft(["delete", "table", "inet", table])
+
+
 async def _find_uplink(lan: LanConfig) -> str:
     if lan.inet_iface is not None:
         link = await trio.to_thread.run_sync(netlink.find_link, lan.inet_iface)
@@ -309,17 +387,17 @@ async def host_filter(lan: LanConfig, pid: int) -> AsyncIterator[str | None]:
     check_nft()
     uplink = await _find_uplink(lan) if lan.enable_inet else None
     forwarding = uplink is not None
-    before = await trio.to_thread.run_sync(read_sysctl, IP_FORWARD) if forwarding else None
     plan = NatPlan(
         bridge=lan.bridge,
         subnet=lan.subnet,
         bridge_address=lan.bridge_address,
         uplink=uplink,
         allow_private=lan.allow_private,
-        note=TableNote(pid, lan.bridge, before),
+        # ip_forward has a table of its own (_Forwarding): the LANs share it.
+        note=TableNote(pid, lan.bridge, None),
     )
     table = table_name(lan.bridge)
-    installed = False
+    installed = claimed = False
     try:
         await _nft(["-f", "-"], build_ruleset(plan))
         installed = True
@@ -331,19 +409,15 @@ async def host_filter(lan: LanConfig, pid: int) -> AsyncIterator[str | None]:
             )
         else:
             log.info("NAT on: %s masqueraded out of %s (table inet %s)", lan.subnet, uplink, table)
-        if before is not None and before != "1":
-            await trio.to_thread.run_sync(write_sysctl, IP_FORWARD, "1")
-            log.info("%s was %s: set to 1 for this run", IP_FORWARD, before)
+        if forwarding:
+            await _FORWARDING.claim(pid)
+            claimed = True
         yield uplink
     finally:
         with trio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+            if claimed:
+                await _FORWARDING.release(pid)
             if installed:
-                # Restore first, then forget: the table is the record of what to restore.
-                if before is not None:
-                    now = await trio.to_thread.run_sync(read_sysctl, IP_FORWARD)
-                    if now != before:
-                        await trio.to_thread.run_sync(write_sysctl, IP_FORWARD, before)
-                        log.info("%s restored to %s", IP_FORWARD, before)
                 await _nft(["-f", "-"], delete_script(lan.bridge))
                 log.info(
                     "%s off: table inet %s deleted", "NAT" if forwarding else "host filter", table

@@ -546,7 +546,9 @@ async def probe_lan(lan: Lan, docs: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_backend(config: Config) -> AsyncIterator[Lan | RootlessLan]:
+async def open_backend(
+    config: Config, *, several: bool = False
+) -> AsyncIterator[Lan | RootlessLan]:
     """The LAN for this run, root or rootless (the log says which, and why).
 
     In root mode the host-side services (leftover cleanup, NAT) come with the bridge;
@@ -557,7 +559,12 @@ async def open_backend(config: Config) -> AsyncIterator[Lan | RootlessLan]:
     except OSError:
         status = ""
     rootless, why = choose_rootless(config, euid=os.geteuid(), net_admin=has_net_admin(status))
-    log.info("mode: %s", why)
+    if rootless and several:
+        raise ConfigError(
+            f"several LANs (--lan, [lan.NAME], --lan-pool) run only as root for now ({why})"
+        )
+    if not several:  # with several LANs the server says it once for all of them
+        log.info("mode: %s", why)
     if rootless:
         async with RootlessLan(config) as lan:
             yield lan

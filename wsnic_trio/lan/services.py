@@ -21,7 +21,12 @@ import trio
 
 from wsnic_trio.config import Config
 from wsnic_trio.host.dnsmasq import check_prerequisites, clear_leftovers
-from wsnic_trio.host.nat import check_nft, clear_leftover_table, host_filter
+from wsnic_trio.host.nat import (
+    check_nft,
+    clear_leftover_forwarding,
+    clear_leftover_table,
+    host_filter,
+)
 
 __all__ = ["lan_services"]
 
@@ -33,5 +38,6 @@ async def lan_services(config: Config) -> AsyncIterator[str | None]:
     check_nft()
     await trio.to_thread.run_sync(clear_leftovers, config.lan.bridge)
     await clear_leftover_table(config.lan.bridge)
+    await clear_leftover_forwarding()
     async with host_filter(config.lan, os.getpid()) as uplink:
         yield uplink

@@ -25,16 +25,16 @@ import trio
 
 from wsnic_trio.net.addresses import peer_address
 
-__all__ = ["HandshakeGate", "Pending", "accept_forever", "address_key", "bind_all"]
+__all__ = ["Closable", "HandshakeGate", "Pending", "accept_forever", "address_key", "bind_all"]
 
 log = logging.getLogger("wsnic_trio.listen")
 
 
-class _Closable(Protocol):
+class Closable(Protocol):
     def close(self) -> None: ...
 
 
-L = TypeVar("L", bound=_Closable)
+L = TypeVar("L", bound=Closable)
 T = TypeVar("T")
 
 
