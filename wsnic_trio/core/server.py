@@ -161,6 +161,17 @@ class Server:
         log.info("client %d uses MAC %s (%s on %s)", info.id, mac.hex(":"), info.remote, info.tap)
         self.events.publish("client-mac", id=info.id, tap=info.tap, mac=mac.hex(":"), lan=info.lan)
 
+    def _client_event(self, kind: str, info: PeerInfo, **more: object) -> None:
+        self.events.publish(
+            kind,
+            id=info.id,
+            transport=info.transport,
+            remote=info.remote,
+            tap=info.tap,
+            lan=info.lan,
+            **more,
+        )
+
     def add_lan(self, state: LanState) -> None:
         """Register a LAN made after start (on demand)."""
         self.lans[state.name] = state
@@ -377,14 +388,7 @@ class Server:
                         tap.name,
                         _origin_text(link),
                     )
-                    self.events.publish(
-                        "client-connected",
-                        id=peer_id,
-                        transport=link.transport,
-                        remote=link.remote,
-                        tap=tap.name,
-                        lan=state.name,
-                    )
+                    self._client_event("client-connected", info)
                     try:
                         # Only now is the peer told it joined: its TAP forwards.
                         await link.accept()
@@ -440,15 +444,11 @@ class Server:
                     mac_text(stats.mac) or "none seen",
                     stats.summary(),
                 )
-                self.events.publish(
+                self._client_event(
                     "client-disconnected",
-                    id=peer_id,
-                    transport=link.transport,
-                    remote=link.remote,
-                    tap=info_gone.tap,
+                    info_gone,
                     mac=mac_text(stats.mac),
                     reason=_describe(reason),
-                    lan=state.name,
                 )
             await link.aclose(reason)
 

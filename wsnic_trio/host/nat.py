@@ -251,6 +251,21 @@ async def _read_note(bridge: str) -> tuple[bool, TableNote | None]:
     return True, TableNote.parse(m.group(1) if m else None)
 
 
+async def _restore_recorded(note: TableNote) -> None:
+    """Put ip_forward back to what a killed run's note recorded (if it recorded one)."""
+    if note.ip_forward is None:
+        return
+    current = await trio.to_thread.run_sync(read_sysctl, IP_FORWARD)
+    if current != note.ip_forward:
+        await trio.to_thread.run_sync(write_sysctl, IP_FORWARD, note.ip_forward)
+        log.warning(
+            "%s restored to %s, as it was before an earlier run (pid %d) that did not stop cleanly",
+            IP_FORWARD,
+            note.ip_forward,
+            note.pid,
+        )
+
+
 async def clear_leftover_table(bridge: str) -> None:
     """Undo what a killed run left: put ip_forward back (if it recorded a value), then
     drop its table.
@@ -265,17 +280,8 @@ async def clear_leftover_table(bridge: str) -> None:
             f"nftables table inet {table_name(bridge)} belongs to a running wsnic-trio "
             f"(pid {note.pid}); stop it first or choose another name with --bridge"
         )
-    if note is not None and note.ip_forward is not None:
-        current = await trio.to_thread.run_sync(read_sysctl, IP_FORWARD)
-        if current != note.ip_forward:
-            await trio.to_thread.run_sync(write_sysctl, IP_FORWARD, note.ip_forward)
-            log.warning(
-                "%s restored to %s, as it was before an earlier run (pid %d) that did not stop "
-                "cleanly",
-                IP_FORWARD,
-                note.ip_forward,
-                note.pid,
-            )
+    if note is not None:
+        await _restore_recorded(note)
     await _nft(["-f", "-"], delete_script(bridge))
     log.warning(
         "removed nftables table inet %s left behind by an earlier run%s",
@@ -345,17 +351,8 @@ async def clear_leftover_forwarding() -> None:
         text = await _nft(["list", "table", "inet", table])
         m = _COMMENT.search(text)
         note = TableNote.parse(m.group(1) if m else None)
-        if note is not None and note.ip_forward is not None:
-            current = await trio.to_thread.run_sync(read_sysctl, IP_FORWARD)
-            if current != note.ip_forward:
-                await trio.to_thread.run_sync(write_sysctl, IP_FORWARD, note.ip_forward)
-                log.warning(
-                    "%s restored to %s, as it was before an earlier run (pid %d) that did "
-                    "not stop cleanly",
-                    IP_FORWARD,
-                    note.ip_forward,
-                    pid,
-                )
+        if note is not None:
+            await _restore_recorded(note)
         await _nft(["delete", "table", "inet", table])
 
 
