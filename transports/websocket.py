@@ -346,7 +346,7 @@ class WebSocketTransport:
                         except PeerClosed:
                             log.info("%s: TLS handshake failed: the client hung up", remote)
                             return
-                    subprotocol = await self._handshake(io, proto, remote, ip, handler)
+                    admitted = await self._handshake(io, proto, remote, ip, handler)
             finally:
                 pending.done()
             if pending.evicted is not None:
@@ -359,11 +359,12 @@ class WebSocketTransport:
                     self.config.server.handshake_timeout,
                 )
                 return
-            if subprotocol is None:
+            if admitted is None:
                 closed = proto.closed
                 log.info("%s: %s", remote, closed.reason if closed else "closed during handshake")
                 return
             # Admitted, not yet upgraded: the core makes the TAP, then calls accept().
+            subprotocol, request = admitted
             link = WebSocketLink(
                 io,
                 proto,
@@ -372,10 +373,8 @@ class WebSocketTransport:
                 transport=self.name,
                 remote_ip=ip,
                 subprotocol=subprotocol or None,
-                origin=origin_header(proto.request) if proto.request else None,
-                lan=lan_from_path(proto.request.path, named=self.named).lan
-                if proto.request
-                else None,
+                origin=request.origin,
+                lan=request.lan,
             )
             await handler(link)
         except* ssl.SSLError as group:
@@ -402,11 +401,12 @@ class WebSocketTransport:
         remote: str,
         ip: str | None,
         handler: PeerHandler,
-    ) -> str | None:
+    ) -> tuple[str, AdmissionRequest] | None:
         """Read the upgrade request and run the admission checks that need no TAP.
 
-        Returns the subprotocol to answer with ("" for none) once the request is
-        admitted, or None when the connection ended or was refused (the answer is sent).
+        Returns the subprotocol to answer with ("" for none) and what was admitted (its
+        origin, its LAN) once the request is admitted, or None when the connection ended
+        or was refused (the answer is sent).
         The ``101`` itself is sent later, by :meth:`WebSocketLink.accept`.
         """
         while proto.phase is Phase.HANDSHAKE:
@@ -446,7 +446,7 @@ class WebSocketTransport:
                             remote,
                             len(offered),
                         )
-                    return chosen or ""
+                    return chosen or "", admission
                 log.info(
                     "%s: refused (HTTP %d): %s", remote, rejection.http_status, rejection.reason
                 )

@@ -37,6 +37,7 @@ from wsnic_trio.lan.privsep import (
     unreadable_files,
 )
 from wsnic_trio.lan.rootless import HelperLan, RootlessLan, open_backend
+from wsnic_trio.net.listen import bind_all
 from wsnic_trio.transports import Transport, load_transports
 
 __all__ = ["raise_fd_limit", "run_server", "serve_until_signal"]
@@ -46,17 +47,18 @@ log = logging.getLogger("wsnic_trio.server")
 _FD_CEILING = 1 << 16
 
 
+class _Listeners(list[Transport]):
+    """One factory's listeners, released together when a later factory fails."""
+
+    def close(self) -> None:
+        for transport in self:
+            transport.close()
+
+
 def build_transports(config: Config) -> list[Transport]:
     """Create (and bind) every configured listener; on failure release those made so far."""
-    made: list[Transport] = []
-    try:
-        for factory in load_transports():
-            made.extend(factory(config))
-    except BaseException:
-        for transport in made:
-            transport.close()
-        raise
-    return made
+    made = bind_all(lambda factory: _Listeners(factory(config)), load_transports())
+    return [transport for listeners in made for transport in listeners]
 
 
 async def run_server(

@@ -216,7 +216,7 @@ class ApiServer:
             "dhcp": not lan.disable_dhcp,
             "nat": lan.enable_inet,
             "on_demand": state.on_demand,
-            "clients": sum(1 for info in self.server.peers.values() if info.lan == name),
+            "clients": state.admission.clients,
             "leases": len(state.leases.leases) if state.leases is not None else None,
         }
 
