@@ -6,7 +6,7 @@ from __future__ import annotations
 import trio
 
 from .netns import NsFactory
-from .test_connect_faults import connect_argv, listen_local, rst, upgrade
+from .test_connect_faults import connect_argv, listen_local, read_request, rst, upgrade
 
 
 async def test_once_exits_2_when_no_connection_is_made(world: NsFactory) -> None:
@@ -66,5 +66,35 @@ async def test_backoff_starts_over_after_a_session_that_stayed_up(world: NsFacto
         # A session that was up well past 5 s: the next wait is short again, then grows.
         assert await session(8) == 0.5
         assert await session(0) == 1.0
+    assert await tool.stop() == 0
+    assert tool.log.find(r"Traceback") is None, tool.log.text()
+
+
+async def test_a_full_server_is_dialled_again(world: NsFactory) -> None:
+    """503 (a LAN or the server full) may pass: unlike 403 or 404 it is retried, with the
+    server's reason in the log."""
+    ns = world.new("c")
+    listener, port = listen_local(ns, 4)
+    with listener:
+        tool = await ns.start(connect_argv(port), label="connect")
+        body = b"no room for LAN x: 4 LANs made on demand (--max-lans)\n"
+        with trio.fail_after(30):
+            conn, _ = await listener.accept()
+        with conn:
+            await read_request(conn)
+            await conn.send(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            )
+        await tool.log.wait_for(
+            r"connection to ws://127\.0\.0\.1:\d+/ refused: server answered HTTP 503: "
+            r"no room for LAN x: 4 LANs made on demand \(--max-lans\)"
+        )
+        await tool.log.wait_for(r"reconnecting in 0\.5 s")
+        with trio.fail_after(30):
+            conn, _ = await listener.accept()
+        with conn:
+            await upgrade(conn)
+            await tool.log.wait_for(r"connected to ws://")
     assert await tool.stop() == 0
     assert tool.log.find(r"Traceback") is None, tool.log.text()

@@ -81,6 +81,15 @@ async def test_clients_land_on_the_lan_their_path_names(world: NsFactory, tmp_pa
     assert wire.returncode != 0, "no frame crosses from one LAN's bridge to another's"
     gateway = await carol.ns.exec("ping", "-c", "1", "-W", "2", "10.86.1.1")
     assert gateway.returncode != 0, "a LAN's gateway address is not reachable from another LAN"
+    # ARP: a client learns its own gateway's MAC, and nothing of another LAN's gateway
+    # (alice has an address in b's subnet now, so she asks from there too).
+    own = await alice.ns.exec(BUSYBOX, "arping", "-c", "1", "-w", "2", "-I", "lan0", "10.86.1.1")
+    assert own.returncode == 0, own.stdout.decode()
+    for source in (lease[alice]["ip"], "10.86.2.250"):
+        arp = await alice.ns.exec(
+            BUSYBOX, "arping", "-c", "1", "-w", "2", "-I", "lan0", "-s", source, "10.86.2.1"
+        )
+        assert arp.returncode != 0, (source, arp.stdout.decode())
 
     # Each client is on its LAN in the API; each LAN is listed.
     sock = str(tmp_path / "api.sock")
@@ -282,3 +291,35 @@ async def test_clients_that_ask_for_a_new_lan_at_once_all_join_it(
     assert server.log.text().count("INFO LAN busy made on demand") == 1
     assert "Traceback" not in server.log.text()
     assert await server.stop() == 0
+
+
+async def test_forty_lans_stop_at_once_and_leave_nothing(world: NsFactory) -> None:
+    """When the server stops, every LAN made on demand lets go of its bridge and nftables
+    table at the same moment; none may be left behind because the others were stopping
+    too."""
+    require_tools()
+    srv = world.new("srv")
+    before = srv.ip("-o", "link").stdout
+    server = await srv.start_wsnic(
+        "--disable-dhcp",
+        "--no-default-lan",
+        "--lan-pool",
+        "10.87.0.0/16",
+        "--lan-idle-timeout",
+        "600",
+        "--max-handshakes-per-ip",
+        "0",
+    )
+
+    async def join(i: int) -> None:
+        assert (await upgrade_answer(srv, f"/lan/l{i}")).startswith("HTTP/1.1 101 ")
+
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            nursery.start_soon(join, i)
+    tables = (await srv.exec("nft", "list", "tables")).stdout.decode()
+    assert tables.count("table inet wsnic_trio_wsl_l") == 40, tables
+    assert await server.stop(timeout=60) == 0
+    assert "wsnic" not in (await srv.exec("nft", "list", "tables")).stdout.decode()
+    assert srv.ip("-o", "link").stdout == before
+    assert not [d for d in run_dirs() if d.startswith(f"net{netns_inode(srv)}-")]

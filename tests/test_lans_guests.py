@@ -172,7 +172,7 @@ async def test_qemu_on_lan_a_and_uml_on_lan_b_reach_their_own_lan_only(
                 guest_cmdline(
                     hostname="qa",
                     ping=[A_GW, wa["ip"], "wa", ub_ip],
-                    arping=[A_GW, wa["ip"], ub_ip],
+                    arping=[A_GW, wa["ip"], ub_ip, B_GW],
                     resolve=["qa", "wa", "ub", "ub.lan"],
                     serve=True,
                     extra=PROBES,
@@ -187,7 +187,7 @@ async def test_qemu_on_lan_a_and_uml_on_lan_b_reach_their_own_lan_only(
                 qa,
                 res,
                 pings={A_GW: True, wa["ip"]: True, "wa": True, ub_ip: False},
-                arpings={A_GW: True, wa["ip"]: True, ub_ip: False},
+                arpings={A_GW: True, wa["ip"]: True, ub_ip: False, B_GW: False},
                 names={"qa": qa_ip, "wa": wa["ip"], "ub": None, "ub.lan": None},
             )
 
@@ -199,7 +199,7 @@ async def test_qemu_on_lan_a_and_uml_on_lan_b_reach_their_own_lan_only(
                 guest_cmdline(
                     hostname="ub2",
                     ping=[B_GW, ub_ip, "ub", qa_ip],
-                    arping=[B_GW, ub_ip, qa_ip],
+                    arping=[B_GW, ub_ip, qa_ip, A_GW],
                     resolve=["ub2", "ub", "qa", "qa.lan", "wa"],
                     extra=PROBES,
                 ),
@@ -212,7 +212,7 @@ async def test_qemu_on_lan_a_and_uml_on_lan_b_reach_their_own_lan_only(
                 ub2,
                 res,
                 pings={B_GW: True, ub_ip: True, "ub": True, qa_ip: False},
-                arpings={B_GW: True, ub_ip: True, qa_ip: False},
+                arpings={B_GW: True, ub_ip: True, qa_ip: False, A_GW: False},
                 names={"ub2": res.ip, "ub": ub_ip, "qa": None, "qa.lan": None, "wa": None},
             )
 

@@ -22,7 +22,7 @@ from .lanhost import (
     snapshot,
     watchdog_of,
 )
-from .netns import NetNS, NsFactory
+from .netns import NetNS, NsFactory, NsProcess
 from .test_browser import PAGE, browse, chromium
 from .test_lans import upgrade_answer
 from .test_nat import _fetch, _http_server
@@ -121,6 +121,20 @@ async def test_nat_on_for_one_lan_and_off_for_another(
     assert not _our_run_dirs(srv)
 
 
+async def _kill_9_with_dnsmasqs_left(server: NsProcess, count: int) -> list[int]:
+    """SIGKILL the server, and first the watchdogs of its ``count`` dnsmasqs: the worst
+    case, in which nothing stops the old dnsmasqs. Their pids."""
+    found = re.findall(r"dnsmasq ready \(pid (\d+)\)", server.log.text())
+    dnsmasqs = [int(m) for m in found]
+    assert len(dnsmasqs) == count, server.log.text()
+    for pid in dnsmasqs:
+        watchdog = watchdog_of(pid)
+        assert watchdog is not None
+        os.kill(watchdog, signal.SIGKILL)
+    await server.stop(signal.SIGKILL)
+    return dnsmasqs
+
+
 THREE_LANS = ("-i", "--lan", "a=10.86.1.0/24", "--lan", "b=10.86.2.0/24,enable-inet=false")
 
 
@@ -132,13 +146,7 @@ async def test_kill_9_with_three_lans_then_a_new_start_cleans_every_lan(
     before = snapshot(srv)
     first = await srv.start_wsnic(*THREE_LANS)
     await first.log.wait_for(r"INFO ready: LAN b ", timeout=30)
-    dnsmasqs = [int(m) for m in re.findall(r"dnsmasq ready \(pid (\d+)\)", first.log.text())]
-    assert len(dnsmasqs) == 3, first.log.text()
-    for pid in dnsmasqs:  # the worst case: nothing stops the old dnsmasqs
-        watchdog = watchdog_of(pid)
-        assert watchdog is not None
-        os.kill(watchdog, signal.SIGKILL)
-    await first.stop(signal.SIGKILL)
+    dnsmasqs = await _kill_9_with_dnsmasqs_left(first, 3)
     left = snapshot(srv)
     for bridge in BRIDGES:
         assert f" {bridge}:" in left["links"], left["links"]
@@ -169,6 +177,43 @@ async def test_kill_9_with_three_lans_then_a_new_start_cleans_every_lan(
     assert await second.stop() == 0
     assert snapshot(srv) == before
     assert not _our_run_dirs(srv)
+
+
+async def test_kill_9_with_lans_made_on_demand_then_a_new_start_cleans_them(
+    world: NsFactory,
+) -> None:
+    """A LAN made on demand lives on its name alone: the next run removes what a killed
+    run left of it at start, whether or not a client ever asks for that name again."""
+    require_tools()
+    srv, _, _ = _with_upstream(world)
+    before = snapshot(srv)
+    pool = ("-i", "--no-default-lan", "--lan-pool", "10.88.0.0/16")
+    first = await srv.start_wsnic(*pool)
+    for name in ("x", "y"):
+        assert (await upgrade_answer(srv, f"/lan/{name}")).startswith("HTTP/1.1 101 ")
+    await first.log.wait_for(r"INFO LAN y made on demand", timeout=30)
+    dnsmasqs = await _kill_9_with_dnsmasqs_left(first, 2)
+    left = snapshot(srv)
+    for bridge in ("wsl-x", "wsl-y"):
+        assert f" {bridge}:" in left["links"], left["links"]
+        assert f"table inet wsnic_trio_{bridge.replace('-', '_')}" in left["nft"]
+    assert left["ip_forward"].strip() == "1"
+
+    second = await srv.start_wsnic(*pool)
+    log = second.log
+    for bridge in ("wsl-x", "wsl-y"):
+        table = "wsnic_trio_" + bridge.replace("-", "_")
+        assert log.find(
+            rf"removed bridge {bridge} left behind by an earlier run \(pid {first.pid}\)"
+        ), log.text()
+        assert log.find(rf"removed nftables table inet {table} .*\(pid {first.pid}\)")
+        assert log.find(rf"removed /run/wsnic-trio/net{netns_inode(srv)}-{bridge} left behind")
+    for pid in dnsmasqs:
+        assert log.find(rf"stopping dnsmasq \(pid {pid}\) left behind by an earlier run")
+    assert log.find(r"net\.ipv4\.ip_forward restored to 0, as it was before an earlier run")
+    assert snapshot(srv) == before, "nothing of the killed run is left, and no LAN is up yet"
+    assert await second.stop() == 0
+    assert snapshot(srv) == before
 
 
 async def test_kill_9_with_nat_on_every_lan_then_a_start_without_nat(world: NsFactory) -> None:
@@ -224,20 +269,28 @@ async def test_tokens_bound_to_lans(world: NsFactory, tmp_path: Path) -> None:
         assert ipaddress.IPv4Address(lease["ip"]) in net(subnet), (tag, lease)
         joined[tag] = client
 
-    # alpha on b: refused with 403, and `connect --once` says so and exits 2.
-    mark = len(server.log.lines)
-    refused = await add_client(
-        world, srv, tmp_path, 4, "alphab", wait=False, path="/lan/b?token=alpha", extra=("--once",)
-    )
-    assert await refused.connect.wait() == 2
-    assert refused.connect.log.find(
-        r"error: no connection to ws://198\.18\.0\.17:8086/lan/b\?token=\*\*\*: "
-        r"server answered HTTP 403"
-    ), refused.connect.log.text()
-    await server.log.wait_for(
-        r"198\.18\.0\.18:\d+: refused \(HTTP 403\): this token does not open LAN b", start=mark
-    )
-    assert not refused.connect.log.find(r"connected to ws://")
+    # alpha on b: refused with 403; `connect` (even without --once) says why and exits 2,
+    # since dialling again gets the same answer. So does a LAN that does not exist.
+    for index, (tag, path, status, words) in enumerate(
+        (
+            ("alphab", "/lan/b?token=alpha", 403, "this token does not open LAN b"),
+            ("nolan", "/lan/zzz?token=teacher", 404, "no such LAN: zzz"),
+        ),
+        start=4,
+    ):
+        mark = len(server.log.lines)
+        refused = await add_client(world, srv, tmp_path, index, tag, wait=False, path=path)
+        assert await refused.connect.wait() == 2
+        shown = path.replace("?", r"\?").replace("alpha", r"\*\*\*").replace("teacher", r"\*\*\*")
+        assert refused.connect.log.find(
+            rf"error: ws://198\.18\.0\.{4 * index + 1}:8086{shown} refused: "
+            rf"server answered HTTP {status}: {words} \(not retried"
+        ), refused.connect.log.text()
+        await server.log.wait_for(
+            rf"198\.18\.0\.{4 * index + 2}:\d+: refused \(HTTP {status}\): {words}", start=mark
+        )
+        assert not refused.connect.log.find(r"connected to ws://|reconnecting in")
+        assert "lan0" not in refused.ns.links()
 
     for path, status, words in (
         ("/lan/b?token=alpha", 403, "this token does not open LAN b"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+import trio
 
 from wsnic_trio.errors import SetupError
 from wsnic_trio.host import nat as _nat
@@ -136,3 +137,50 @@ def test_no_nft_is_an_error_for_every_lan(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr("wsnic_trio.host.nat.shutil.which", lambda name: None)
     with pytest.raises(SetupError, match=r"needs nftables' nft command for the LAN's host filter"):
         _nat.check_nft()
+
+
+async def test_table_deletes_asked_at_once_run_as_few_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every LAN lets go of its table at the same moment when the server stops: the
+    deletes share nft runs, and each table is in exactly one of them."""
+    scripts: list[str] = []
+
+    async def fake_nft(args: object, script: str | None = None) -> str:
+        assert script is not None
+        scripts.append(script)
+        await trio.sleep(0.01)  # nft takes a while: later callers queue up meanwhile
+        return ""
+
+    monkeypatch.setattr(_nat, "_run_nft", fake_nft)
+    deleter = _nat._TableDeleter()
+    tables = [f"wsnic_trio_wsl_l{i}" for i in range(50)]
+    async with trio.open_nursery() as nursery:
+        for table in tables:
+            nursery.start_soon(deleter.delete, table)
+    assert len(scripts) <= 2, scripts
+    deleted = [line.split()[-1] for s in scripts for line in s.splitlines() if "delete" in line]
+    assert sorted(deleted) == sorted(tables)
+    assert not deleter.pending
+
+
+async def test_a_failed_batch_is_retried_by_the_next_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs: list[str] = []
+
+    async def failing_once(args: object, script: str | None = None) -> str:
+        assert script is not None
+        runs.append(script)
+        if len(runs) == 1:
+            raise SetupError("nft -f - failed: out of memory")
+        return ""
+
+    monkeypatch.setattr(_nat, "_run_nft", failing_once)
+    deleter = _nat._TableDeleter()
+    with pytest.raises(SetupError):
+        await deleter.delete("wsnic_trio_a")
+    assert deleter.pending == {"wsnic_trio_a"}  # not lost: the next batch takes it
+    await deleter.delete("wsnic_trio_b")
+    assert "delete table inet wsnic_trio_a" in runs[1] and "wsnic_trio_b" in runs[1]
+    assert not deleter.pending

@@ -269,3 +269,26 @@ def test_subprotocol_choice_never_echoes_a_token() -> None:
     assert choose_subprotocol(("s3cret",), tokens=True) is None
     assert choose_subprotocol(("token.s3cret", "chat"), tokens=False) == "chat"
     assert choose_subprotocol((), tokens=False) is None
+
+
+@given(cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6))
+def test_a_client_reads_the_reason_of_a_refusal(cuts: list[int]) -> None:
+    """The body is the server's reason; a client keeps its first line, however TCP cuts
+    the answer (and whether the server then closes or not)."""
+    client = WebSocketProtocol(client=True, check=CHECK)
+    server = WebSocketProtocol(client=False, check=CHECK)
+    server.receive(client.start_client("lan", "/lan/b"))
+    answer = server.reject(403, b"this token does not open LAN b\nsecond line\n")
+    for start, end in itertools.pairwise([0, *sorted(cuts), len(answer)]):
+        if client.closed is None and end > start:  # b"" would mean EOF
+            client.receive(answer[start:end])
+    assert client.rejected_status == 403
+    assert client.closed is not None
+    assert client.closed.reason == "server answered HTTP 403: this token does not open LAN b"
+
+
+def test_a_refusal_without_a_body_is_its_status() -> None:
+    client = WebSocketProtocol(client=True, check=CHECK)
+    client.start_client("lan", "/")
+    client.receive(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+    assert client.closed is not None and client.closed.reason == "server answered HTTP 404"

@@ -20,7 +20,8 @@ import socket
 
 import trio
 
-from wsnic_trio.errors import PeerClosed, PeerTimeout
+from wsnic_trio.errors import PeerClosed
+from wsnic_trio.transports._sockio import skip_unsendable, wait_writable_within
 from wsnic_trio.transports.base import DEFAULT_LAN, Liveness, Rejection
 
 __all__ = ["PacketLink"]
@@ -36,7 +37,15 @@ def _hung_up(sock: socket.socket) -> bool:
     return any(ev & (select.POLLRDHUP | select.POLLHUP) for _, ev in poller.poll(0))
 
 
-class PacketLink:
+class Unpinged:
+    """A link whose wire has no ping. Its liveness is EOF, a vanished socket, or an idle
+    timeout, so the watchdog never asks (``Liveness.ping_interval`` is None)."""
+
+    async def ping(self) -> None:
+        return None
+
+
+class PacketLink(Unpinged):
     """One peer behind a connected SOCK_SEQPACKET or SOCK_DGRAM unix socket."""
 
     def __init__(
@@ -106,23 +115,11 @@ class PacketLink:
                     self.sock.send(frame)
                     break
                 except BlockingIOError:
-                    with trio.move_on_after(self._send_stall_timeout) as scope:
-                        await trio.lowlevel.wait_writable(self.sock)
-                    if scope.cancelled_caught:
-                        raise PeerTimeout(
-                            f"peer accepted no data for {self._send_stall_timeout:g} s"
-                        ) from None
+                    await wait_writable_within(self.sock, self._send_stall_timeout)
                 except OSError as exc:
-                    if exc.errno in _GONE:
-                        raise PeerClosed(f"peer socket is gone ({exc.strerror})") from None
-                    if exc.errno == errno.EMSGSIZE:
-                        self.drops["too-big-for-peer"] += 1
-                        break
-                    raise
+                    skip_unsendable(exc, _GONE, self.drops)
+                    break
         await trio.lowlevel.checkpoint()
-
-    async def ping(self) -> None:
-        """Packet transports have no ping; liveness is EOF or an idle timeout."""
 
     async def aclose(self, reason: BaseException | None = None) -> None:
         if self._closed:

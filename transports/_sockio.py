@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections import Counter
+from collections.abc import Collection
 
 import trio
 
-from wsnic_trio.errors import PeerTimeout
+from wsnic_trio.errors import PeerClosed, PeerTimeout
 from wsnic_trio.util.fairness import Fairness
 
-__all__ = ["SocketIO"]
+__all__ = ["SocketIO", "is_disconnect", "skip_unsendable", "wait_writable_within"]
 
 RECV_SIZE = 256 * 1024
 
@@ -78,12 +80,7 @@ class SocketIO:
             try:
                 sent = self.sock.send(view)
             except BlockingIOError:
-                with trio.move_on_after(self.send_stall_timeout) as scope:
-                    await trio.lowlevel.wait_writable(self.sock)
-                if scope.cancelled_caught:
-                    raise PeerTimeout(
-                        f"peer accepted no data for {self.send_stall_timeout:g} s"
-                    ) from None
+                await wait_writable_within(self.sock, self.send_stall_timeout)
                 continue
             view = view[sent:]
         self.torn = False
@@ -97,6 +94,28 @@ class SocketIO:
             self._closed = True
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
+
+
+async def wait_writable_within(sock: socket.socket, stall: float) -> None:
+    """Wait for room in the socket's send buffer; a peer that reads nothing for
+    ``stall`` seconds is stalled, and the link ends (PeerTimeout) rather than queue
+    frames for it without bound."""
+    with trio.move_on_after(stall) as scope:
+        await trio.lowlevel.wait_writable(sock)
+    if scope.cancelled_caught:
+        raise PeerTimeout(f"peer accepted no data for {stall:g} s") from None
+
+
+def skip_unsendable(exc: OSError, gone: Collection[int], drops: Counter[str]) -> None:
+    """Sort out a failed send of one packet: the peer is gone (PeerClosed), or the
+    packet was larger than the peer's socket takes (counted in ``drops``; returns, and
+    the caller goes on with the next); anything else is raised as it is."""
+    if exc.errno in gone:
+        raise PeerClosed(f"peer socket is gone ({exc.strerror})") from None
+    if exc.errno == errno.EMSGSIZE:
+        drops["too-big-for-peer"] += 1
+        return
+    raise exc
 
 
 def is_disconnect(exc: BaseException) -> bool:

@@ -43,7 +43,8 @@ import trio
 from wsnic_trio.errors import PeerClosed, SetupError
 from wsnic_trio.net.unixpath import UnixPath, bind_unix
 from wsnic_trio.transports._listen import bind_per_lan, serve_link
-from wsnic_trio.transports._packetio import PacketLink
+from wsnic_trio.transports._packetio import PacketLink, Unpinged
+from wsnic_trio.transports._sockio import skip_unsendable
 from wsnic_trio.transports.base import (
     DEFAULT_LAN,
     AdmissionRequest,
@@ -80,7 +81,7 @@ def _name(addr: Address) -> str:
     return "unix:" + printable(addr)
 
 
-class DgramLink:
+class DgramLink(Unpinged):
     """One datagram peer; its receive side is fed by the listener's single reader."""
 
     transport = "dgram"
@@ -147,16 +148,9 @@ class DgramLink:
                     waited += pause
                     pause = min(pause * 2, 0.05)
                 except OSError as exc:
-                    if exc.errno in _GONE:
-                        raise PeerClosed(f"peer socket is gone ({exc.strerror})") from None
-                    if exc.errno == errno.EMSGSIZE:
-                        self.drops["too-big-for-peer"] += 1
-                        break
-                    raise
+                    skip_unsendable(exc, _GONE, self.drops)
+                    break
         await trio.lowlevel.checkpoint()
-
-    async def ping(self) -> None:
-        """Datagram peers have no ping; they are dropped after an idle timeout."""
 
     async def aclose(self, reason: BaseException | None = None) -> None:
         self._closed = True

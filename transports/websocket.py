@@ -24,6 +24,7 @@ from wsnic_trio.errors import (
     PeerClosed,
     PeerError,
     PeerProtocolError,
+    PeerRefused,
     PeerTimeout,
     SetupError,
 )
@@ -517,7 +518,10 @@ async def dial_websocket(
                 proto.receive(data)
             if proto.phase is not Phase.OPEN:
                 closed = proto.closed
-                raise PeerClosed(closed.reason if closed else "handshake failed")
+                reason = closed.reason if closed else "handshake failed"
+                if proto.rejected_status is not None:
+                    raise PeerRefused(reason, proto.rejected_status)
+                raise PeerClosed(reason)
         except BaseException:
             trio.lowlevel.notify_closing(sock)
             sock.close()

@@ -11,9 +11,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import http
+from typing import NoReturn
 
 import h11
 from wsproto.utilities import generate_accept_token, generate_nonce
+
+from wsnic_trio.util.text import printable
 
 __all__ = ["ClientHandshake", "HandshakeError", "HandshakeRequest", "ServerHandshake"]
 
@@ -21,14 +24,21 @@ __all__ = ["ClientHandshake", "HandshakeError", "HandshakeRequest", "ServerHands
 #: that ends them) may take; one more gets 431.
 MAX_HANDSHAKE = 16 * 1024
 _TOO_LARGE = f"request line and headers over the {MAX_HANDSHAKE}-byte limit"
+#: How much of a refusal's body a client keeps as the server's reason.
+_REASON_LIMIT = 1024
 
 
 class HandshakeError(Exception):
     """The handshake failed; ``status`` is the HTTP status the server answers with (or got)."""
 
-    def __init__(self, status: int, message: str, *, plain_http: bool = False) -> None:
+    def __init__(
+        self, status: int, message: str, *, plain_http: bool = False, answered: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
+        #: Client side: the server itself answered with this status (a refusal), as
+        #: opposed to a 502 for an answer that was not HTTP or not there at all.
+        self.answered = answered
         #: A well-formed HTTP request that is simply not an upgrade (a browser opening
         #: the URL as a page): answered with a page, not an error.
         self.plain_http = plain_http
@@ -183,6 +193,9 @@ class ClientHandshake:
         self.subprotocols = subprotocols or []
         self.subprotocol: str | None = None
         self.trailing = b""
+        #: A refusal's status while its body (the server's reason) is read.
+        self._refused: int | None = None
+        self._reason = bytearray()
 
     def request(self) -> bytes:
         headers = [
@@ -198,22 +211,32 @@ class ClientHandshake:
         return self._h11.send(req) or b""
 
     def receive(self, data: bytes) -> bool:
-        """Feed the server's bytes; True once upgraded. Raises HandshakeError (with the status)."""
+        """Feed the server's bytes; True once upgraded. Raises HandshakeError (with the status).
+
+        A refusal is read to the end of its body (or of the connection), since the body
+        is the server's reason, and "HTTP 403" alone does not say which LAN or token.
+        """
         self._h11.receive_data(data)
         while True:
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
+                if self._refused is not None:
+                    self._refuse()
                 raise HandshakeError(502, f"bad HTTP response: {exc}") from None
             if event is h11.NEED_DATA:
                 return False
+            if self._refused is not None:
+                if isinstance(event, h11.Data):
+                    self._reason += event.data[: _REASON_LIMIT - len(self._reason)]
+                    continue
+                self._refuse()  # the end of the body, or of the connection
             if isinstance(event, h11.ConnectionClosed):
                 raise HandshakeError(502, "connection closed during the handshake")
             if isinstance(event, h11.Response | h11.InformationalResponse):
                 if event.status_code != 101:
-                    raise HandshakeError(
-                        event.status_code, f"server answered HTTP {event.status_code}"
-                    )
+                    self._refused = event.status_code
+                    continue
                 headers = {k.lower(): v for k, v in event.headers}
                 if headers.get(b"sec-websocket-accept") != generate_accept_token(self._key):
                     raise HandshakeError(502, "wrong Sec-WebSocket-Accept from the server")
@@ -221,3 +244,14 @@ class ClientHandshake:
                 self.subprotocol = proto.decode("latin-1") if proto else None
                 self.trailing = bytes(self._h11.trailing_data[0])
                 return True
+
+    def _refuse(self) -> NoReturn:
+        assert self._refused is not None
+        lines = bytes(self._reason).decode("utf-8", "replace").strip().splitlines()
+        # Our own server starts its reasons with its name, for a browser's sake.
+        reason = printable(lines[0].removeprefix("wsnic-trio: ")) if lines else ""
+        raise HandshakeError(
+            self._refused,
+            f"server answered HTTP {self._refused}" + (f": {reason}" if reason else ""),
+            answered=True,
+        )

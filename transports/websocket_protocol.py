@@ -63,7 +63,8 @@ class WebSocketProtocol:
         self.phase = Phase.HANDSHAKE
         self.closed: CloseInfo | None = None
         self.request: HandshakeRequest | None = None
-        #: Client side: the HTTP status of a refused handshake.
+        #: Client side: the HTTP status the server refused the handshake with (None for
+        #: an answer that was not HTTP, or none).
         self.rejected_status: int | None = None
         #: Client side: the subprotocol the server chose.
         self.subprotocol: str | None = None
@@ -170,7 +171,7 @@ class WebSocketProtocol:
             try:
                 done = self._client_hs.receive(data)
             except HandshakeError as exc:
-                self.rejected_status = exc.status
+                self.rejected_status = exc.status if exc.answered else None
                 self._end(exc.status, str(exc), by_peer=True, protocol_error=True)
                 return
             if done:

@@ -8,6 +8,8 @@ WsnicError
 │                      memory): that peer is refused with the reason, the server goes on
 └── PeerError          one peer misbehaved or went away: that peer alone is closed
     ├── PeerClosed     orderly end (EOF, WebSocket close)
+    │   └── PeerRefused    a server refused our link before it began; ``status`` is its
+    │                      HTTP status (a client's dial: ``wsnic-trio connect``)
     ├── PeerTimeout    no sign of life within the configured time
     └── PeerProtocolError  the peer broke the wire format; ``close_code`` says how to
                            tell a WebSocket peer why
@@ -20,6 +22,7 @@ __all__ = [
     "PeerClosed",
     "PeerError",
     "PeerProtocolError",
+    "PeerRefused",
     "PeerTimeout",
     "SetupError",
     "TapUnavailable",
@@ -53,6 +56,14 @@ class PeerError(WsnicError):
 
 class PeerClosed(PeerError):
     """The peer ended the connection in an orderly way."""
+
+
+class PeerRefused(PeerClosed):
+    """The server answered our handshake with a refusal (the message has its reason)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class PeerTimeout(PeerError):

@@ -18,15 +18,25 @@ import trio
 
 from wsnic_trio.core.guard import FramePolicy
 from wsnic_trio.core.relay import RelayStats, relay
-from wsnic_trio.errors import PeerError, SetupError
+from wsnic_trio.errors import PeerError, PeerRefused, SetupError
 from wsnic_trio.host import netlink
 from wsnic_trio.host.tap import TapDevice
 from wsnic_trio.transports import dialer_for
 from wsnic_trio.transports.base import FrameCheck, Liveness
 
-__all__ = ["ConnectOptions", "NoConnection", "run_connect"]
+__all__ = ["FINAL_REFUSALS", "ConnectOptions", "NoConnection", "Refused", "run_connect"]
 
 log = logging.getLogger("wsnic_trio.connect")
+
+#: Refusals that the same request gets again until the server's configuration changes
+#: (a bad URL, a missing or wrong token, a LAN that does not exist): dialling them again
+#: would only hammer the server and hide the reason in a log of retries. The others
+#: (503 server or LAN full, 429, a 502 from a proxy) pass, so they are retried.
+FINAL_REFUSALS = frozenset({400, 401, 403, 404, 426})
+
+
+class Refused(SetupError):
+    """The server refused the link for a reason that will not change by itself."""
 
 
 class NoConnection(SetupError):
@@ -118,6 +128,15 @@ async def run_connect(
                 await _session(opts, tap, connected)
             except* SetupError:
                 raise
+            except* PeerRefused as group:
+                failure = group.exceptions[0]
+                assert isinstance(failure, PeerRefused)
+                if failure.status in FINAL_REFUSALS:
+                    raise Refused(
+                        f"{shown_url(opts.url)} refused: {failure} (not retried: the server "
+                        "gives this answer until its configuration changes)"
+                    ) from None
+                log.warning("connection to %s refused: %s", shown_url(opts.url), failure)
             except* (PeerError, OSError, trio.TooSlowError) as group:
                 failure = group.exceptions[0]
                 log.warning("connection to %s ended: %s", shown_url(opts.url), failure)

@@ -131,7 +131,8 @@ def build_connect_parser() -> argparse.ArgumentParser:
         description=(
             "Create a local TAP device and relay it to a wsnic-trio server, so this host's\n"
             "own network stack (ping, a DHCP client, curl, iperf3) joins the LAN.\n"
-            "Reconnects with backoff when the server goes away; the TAP stays up."
+            "Reconnects with backoff when the server goes away; the TAP stays up. A\n"
+            "refusal that would not change (a wrong token, no such LAN) ends it (exit 2)."
         ),
         epilog=CONNECT_EPILOG,
         formatter_class=_FORMATTER,

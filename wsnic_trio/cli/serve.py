@@ -36,7 +36,14 @@ from wsnic_trio.lan.privsep import (
     socket_files,
     unreadable_files,
 )
-from wsnic_trio.lan.rootless import HelperLan, RootlessLan, open_backend
+from wsnic_trio.lan.rootless import (
+    HelperLan,
+    RootlessLan,
+    choose_rootless,
+    has_net_admin,
+    open_backend,
+)
+from wsnic_trio.lan.services import clear_leftover_lans
 from wsnic_trio.net.listen import bind_all
 from wsnic_trio.transports import Transport, load_transports
 
@@ -90,6 +97,10 @@ async def run_server(
         if several:
             on_demand = ", and LANs on demand" if config.server.lan_pool is not None else ""
             log.info("mode: root mode, %d LANs%s", len(config.all_lans()), on_demand)
+        if account is None and not await _rootless(config):
+            # What a killed run left of LANs this run does not make again (LANs made on
+            # demand live on their name alone); this run's own LANs clear theirs.
+            await clear_leftover_lans({config.for_lan(n).lan.bridge for n in config.all_lans()})
         async with contextlib.AsyncExitStack() as stack:
             backends: dict[str, LanBackend] = {}
             for name in config.all_lans():
@@ -151,6 +162,14 @@ async def run_server(
             transport.close()
         for listener in api_listeners:
             listener.close()
+
+
+async def _rootless(config: Config) -> bool:
+    try:
+        status = await trio.Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    return choose_rootless(config, euid=os.geteuid(), net_admin=has_net_admin(status))[0]
 
 
 def raise_fd_limit() -> None:

@@ -22,7 +22,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from wsnic_trio.errors import SetupError, TapUnavailable
-from wsnic_trio.host.sysctl import ignore_ipv6_routers
+from wsnic_trio.host.sysctl import answer_arp_for_own_address, ignore_ipv6_routers
 from wsnic_trio.host.tap import open_tap_fd
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "default_route_interface",
     "delete_link",
     "find_link",
+    "our_bridges",
     "owner_alias",
     "parse_owner",
 ]
@@ -93,6 +94,13 @@ def find_link(name: str) -> LinkInfo | None:
         return _info(msgs[0]) if msgs else None
 
 
+def our_bridges() -> list[LinkInfo]:
+    """Every bridge in this namespace that a wsnic-trio process made (by its alias)."""
+    with IPRoute() as ipr:
+        links = [_info(msg) for msg in ipr.get_links()]
+    return [link for link in links if link.kind == "bridge" and parse_owner(link.alias) is not None]
+
+
 def delete_link(name: str) -> bool:
     """Delete a link by name; False when it was already gone."""
     with IPRoute() as ipr:
@@ -126,6 +134,12 @@ def create_bridge(
             log.warning(
                 "cannot turn off accept_ra/autoconf/accept_redirects on %s (read-only "
                 "/proc/sys?); router advertisements from clients are still dropped",
+                name,
+            )
+        if not answer_arp_for_own_address(name):
+            log.warning(
+                "cannot set arp_ignore/arp_announce on %s (read-only /proc/sys?); its "
+                "clients get ARP answers for the host's other addresses",
                 name,
             )
         index = ipr.link_lookup(ifname=name)[0]

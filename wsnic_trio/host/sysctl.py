@@ -1,14 +1,22 @@
 """Per-namespace sysctls the server may change, read and written through /proc/sys.
 
-Only ``net.ipv4.ip_forward`` is changed today (for NAT). Values are strings, exactly as
-the kernel shows them, so restoring writes back the very text that was read.
+``net.ipv4.ip_forward`` (for NAT) is the only one of the whole namespace that is
+changed; the others belong to devices the server made and go away with them. Values
+are strings, exactly as the kernel shows them, so restoring writes back the very text
+that was read.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["IP_FORWARD", "ignore_ipv6_routers", "read_sysctl", "write_sysctl"]
+__all__ = [
+    "IP_FORWARD",
+    "answer_arp_for_own_address",
+    "ignore_ipv6_routers",
+    "read_sysctl",
+    "write_sysctl",
+]
 
 IP_FORWARD = "net.ipv4.ip_forward"
 
@@ -48,6 +56,26 @@ def ignore_ipv6_routers(device: str, *, no_ipv6: bool = False) -> bool:
     try:
         for name, value in settings.items():
             (conf / name).write_text(value + "\n")
+    except OSError:
+        return False
+    return True
+
+
+def answer_arp_for_own_address(device: str) -> bool:
+    """Make a bridge we created answer ARP only for its own address.
+
+    Linux answers an ARP request on any interface for any of the host's addresses
+    (``arp_ignore=0``): a client of one LAN would learn the bridge MAC for another LAN's
+    gateway, and so see which other LANs exist. ``arp_ignore=1`` answers only for an
+    address on the interface the request came in on; ``arp_announce=2`` makes the host's
+    own requests on the bridge name the bridge's address as their sender, never another
+    LAN's. Like :func:`ignore_ipv6_routers`, these go with the device. False when
+    /proc/sys cannot be written.
+    """
+    conf = Path("/proc/sys/net/ipv4/conf") / device
+    try:
+        (conf / "arp_ignore").write_text("1\n")
+        (conf / "arp_announce").write_text("2\n")
     except OSError:
         return False
     return True

@@ -14,12 +14,14 @@ so it stops before the table and the bridge are undone.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 import trio
 
 from wsnic_trio.config import Config
+from wsnic_trio.host import netlink
 from wsnic_trio.host.dnsmasq import check_prerequisites, clear_leftovers
 from wsnic_trio.host.nat import (
     check_nft,
@@ -27,8 +29,11 @@ from wsnic_trio.host.nat import (
     clear_leftover_table,
     host_filter,
 )
+from wsnic_trio.host.procs import pid_is_wsnic
 
-__all__ = ["lan_services"]
+__all__ = ["clear_leftover_lans", "lan_services"]
+
+log = logging.getLogger("wsnic_trio.lan")
 
 
 @contextlib.asynccontextmanager
@@ -41,3 +46,37 @@ async def lan_services(config: Config) -> AsyncIterator[str | None]:
     await clear_leftover_forwarding()
     async with host_filter(config.lan, os.getpid()) as uplink:
         yield uplink
+
+
+async def clear_leftover_lans(keep: Collection[str]) -> list[str]:
+    """Remove every LAN a killed run left in this namespace, except the bridges in
+    ``keep`` (the LANs this run is about to make clear their own leftovers, with the
+    same log lines). Returns the bridges removed.
+
+    A LAN made on demand lives on its name alone: if the next run never sees a client
+    for that name, nothing else would ever take its bridge, dnsmasq and nftables table
+    away. Only bridges a wsnic-trio made, whose maker is no longer running, are touched.
+    Needs root (or CAP_NET_ADMIN) in this namespace: root mode only.
+    """
+    found = await trio.to_thread.run_sync(netlink.our_bridges)
+    removed = []
+    for link in found:
+        owner = netlink.parse_owner(link.alias)
+        if link.name in keep or owner is None or pid_is_wsnic(owner):
+            continue
+        # The order a stop undoes a LAN in: dnsmasq, the table (and what it records),
+        # then the bridge.
+        await trio.to_thread.run_sync(clear_leftovers, link.name)
+        await clear_leftover_table(link.name)
+        if await trio.to_thread.run_sync(netlink.delete_link, link.name):
+            log.warning(
+                "removed bridge %s left behind by an earlier run (pid %s) that did not "
+                "stop cleanly",
+                link.name,
+                owner,
+            )
+        removed.append(link.name)
+    # ip_forward as it was before the killed run, also when no LAN starts before a client
+    # asks for one.
+    await clear_leftover_forwarding()
+    return removed
