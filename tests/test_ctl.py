@@ -84,7 +84,9 @@ async def test_ctl_against_a_server(world: NsFactory, tmp_path: Path) -> None:
     assert code == 0 and lease["ip"] in out and "devbox" in out
 
     code, out, _ = await ctl(sock, "forward", "add", "127.0.0.1:2200", "devbox:7000")
-    assert code == 0 and out.strip() == "forwarding tcp 127.0.0.1:2200 to devbox:7000"
+    assert (
+        code == 0 and out.strip() == "forwarding tcp 127.0.0.1:2200 to devbox:7000 on LAN default"
+    )
     code, out, _ = await ctl(
         sock, "forward", "add", "127.0.0.1:2201", f"{lease['ip']}:7001", "--udp"
     )
@@ -97,10 +99,15 @@ async def test_ctl_against_a_server(world: NsFactory, tmp_path: Path) -> None:
             assert await stream.receive_some(100) == b"devbox tcp hello"
     code, out, _ = await ctl(sock, "forward", "ls")
     lines = out.splitlines()
-    assert code == 0 and lines[0].split()[:3] == ["PROTO", "LOCAL", "REMOTE"] and len(lines) == 3
+    assert (
+        code == 0
+        and lines[0].split()[:4] == ["LAN", "PROTO", "LOCAL", "REMOTE"]
+        and len(lines) == 3
+    )
     assert "BOUND TO" in lines[0], "a forward to a name shows the MAC it follows"
     assert any(
-        line.split()[:5] == ["tcp", "127.0.0.1:2200", "devbox:7000", lan0_mac(guest), lease["ip"]]
+        line.split()[:6]
+        == ["default", "tcp", "127.0.0.1:2200", "devbox:7000", lan0_mac(guest), lease["ip"]]
         for line in lines
     ), out
     code, out, _ = await ctl(sock, "--json", "forward", "rm", "127.0.0.1:2201")

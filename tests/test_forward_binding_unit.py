@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from wsnic_trio.config.endpoints import make_forward
-from wsnic_trio.control.forward import Forward, ForwardError, ForwardManager
+from wsnic_trio.control.forward import Forward, ForwardError, ForwardLan, ForwardManager
 from wsnic_trio.host.leases import LeaseTable
 
 MAC_A = "02:00:00:00:00:0a"
@@ -39,9 +39,11 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[ForwardManager, LeaseFile
     leases = LeaseFile(tmp_path / "leases")
     leases.write()
     table = LeaseTable(leases.path)
-    manager = ForwardManager(ipaddress.IPv4Network("192.168.86.0/24"), table, "lan")
+    manager = ForwardManager()
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)
+        lan = ForwardLan(ipaddress.IPv4Network("192.168.86.0/24"), table, "lan")
+        manager.add_lan("default", lan)
         yield manager, leases
         nursery.cancel_scope.cancel()
 
@@ -92,8 +94,9 @@ async def test_a_name_without_a_lease_binds_to_its_first_claimer(
     # update, here called directly), before any connection is made: a later claimer
     # does not get the forward, although nobody connected in between.
     leases.write((MAC_A, "192.168.86.10", "ghost"))
-    assert manager.leases is not None
-    assert await manager.leases.update()
+    table = manager.lans["default"].leases
+    assert table is not None
+    assert await table.update()
     leases.write((MAC_A, "192.168.86.10", "*"), (MAC_B, "192.168.86.11", "ghost"))
     assert await manager.resolve(fwd) == "192.168.86.10"
     assert fwd.describe()["bound_mac"] == MAC_A

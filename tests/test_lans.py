@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from .lanhost import BUSYBOX, add_client, netns_inode, require_tools, run_dirs
+from .lanhost import BUSYBOX, LanClient, add_client, netns_inode, require_tools, run_dirs
 from .netns import NetNS, NsFactory
 from .test_api import metric_samples
 from .wsclients import close_ws, ws_client
@@ -235,7 +236,7 @@ async def test_lans_made_on_demand_and_removed_when_idle(
     assert "wsl-" not in shown, shown
     assert not [d for d in run_dirs() if d.startswith(f"net{netns_inode(srv)}-")]
     tables = await srv.exec("nft", "list", "tables")
-    assert "wsnic_trio_wsl" not in tables.stdout.decode(), tables.stdout.decode()
+    assert "wsnic_trio" not in tables.stdout.decode(), tables.stdout.decode()
     dnsmasq = await srv.exec("sh", "-c", "pgrep -a dnsmasq || true")
     ours = f"/run/wsnic-trio/net{netns_inode(srv)}-"
     assert ours not in dnsmasq.stdout.decode(), "every LAN's dnsmasq is gone"
@@ -317,9 +318,53 @@ async def test_forty_lans_stop_at_once_and_leave_nothing(world: NsFactory) -> No
     async with trio.open_nursery() as nursery:
         for i in range(40):
             nursery.start_soon(join, i)
-    tables = (await srv.exec("nft", "list", "tables")).stdout.decode()
-    assert tables.count("table inet wsnic_trio_wsl_l") == 40, tables
+    ruleset = (await srv.exec("nft", "list", "ruleset")).stdout.decode()
+    assert ruleset.count("table inet wsnic_trio_pid") == 1, "one table for the run"
+    assert len(re.findall(r'"wsl-l\d+" : jump in_wsl_dl\d+', ruleset)) == 40, ruleset
     assert await server.stop(timeout=60) == 0
     assert "wsnic" not in (await srv.exec("nft", "list", "tables")).stdout.decode()
     assert srv.ip("-o", "link").stdout == before
     assert not [d for d in run_dirs() if d.startswith(f"net{netns_inode(srv)}-")]
+
+
+async def test_a_lan_routed_to_another_opens_connections_one_way(
+    world: NsFactory, tmp_path: Path
+) -> None:
+    """route-to: LAN a's clients reach LAN b's through the host (with their own address);
+    b's clients cannot open anything toward a, nor may the default LAN reach either."""
+    require_tools()
+    srv = world.new("srv")
+    before = srv.ip("-o", "link").stdout
+    forward_before = (await srv.exec("sysctl", "-n", "net.ipv4.ip_forward")).stdout
+    server = await srv.start_wsnic(
+        "-a",
+        "0.0.0.0",
+        "--lan",
+        "a=10.86.1.0/24,route-to=10.86.2.0/24",
+        "--lan",
+        "b=10.86.2.0/24",
+    )
+    await server.log.wait_for(r"INFO ready: LAN b ", timeout=30)
+    assert server.log.find(r"routes from 10\.86\.1\.0/24 to 10\.86\.2\.0/24")
+    alice = await add_client(world, srv, tmp_path, 0, "alice", path="/lan/a")
+    bob = await add_client(world, srv, tmp_path, 1, "bob", path="/lan/b")
+    carol = await add_client(world, srv, tmp_path, 2, "carol", path="/")
+    ip = {
+        c: (await c.dhcp(name))["ip"]
+        for c, name in ((alice, "alice"), (bob, "bob"), (carol, "carol"))
+    }
+
+    async def pings(client: LanClient, target: str) -> bool:
+        result = await client.ns.exec("ping", "-c", "1", "-W", "2", target)
+        return result.returncode == 0
+
+    assert await pings(alice, ip[bob]), "a opens connections to b"
+    assert not await pings(bob, ip[alice]), "b opens nothing toward a"
+    assert not await pings(carol, ip[bob]) and not await pings(carol, ip[alice])
+    assert not await pings(alice, "10.86.2.1"), "b's gateway (the host) stays closed to a"
+    on = (await srv.exec("sysctl", "-n", "net.ipv4.ip_forward")).stdout.decode().strip()
+    assert on == "1", "routing between LANs needs forwarding on while the server runs"
+    assert await server.stop() == 0
+    assert srv.ip("-o", "link").stdout == before
+    assert (await srv.exec("sysctl", "-n", "net.ipv4.ip_forward")).stdout == forward_before
+    assert "wsnic" not in (await srv.exec("nft", "list", "tables")).stdout.decode()

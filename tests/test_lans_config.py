@@ -92,7 +92,12 @@ def test_lan_tables_in_toml(tmp_path: Path) -> None:
         (["--lan", "a=10.0.0.0/24,mtu=9"], "LAN a: mtu:"),
         (["--lan", "a=10.0.0.0/24,lock-ip=true,disable-dhcp=true"], "LAN a: --lock-ip needs"),
         (["--no-default-lan"], "--no-default-lan leaves no LAN"),
-        (["--lan", "a=10.0.0.0/24,forward=127.0.0.1:80=10.0.0.9:80"], "the default LAN's only"),
+        (["--lan", "a=10.0.0.0/24,route-to=10.0.0.0/25"], "LAN a: route-to 10.0.0.0/25 overlaps"),
+        (
+            ["--lan", "a=10.0.0.0/24,route-to=10.9.0.0/24"],
+            r"LAN a: route-to 10\.9\.0\.0/24 is not \(in\) the subnet of another LAN",
+        ),
+        (["--route-to", "10.0.0.0/24"], "LAN default: route-to 10.0.0.0/24 is not"),
         (
             [
                 "--no-default-lan",
@@ -135,3 +140,26 @@ def test_replace_keeps_the_named_lans() -> None:
     config = config_from_args(["--lan", "a=10.0.0.0/24"])
     changed = config.replace(mtu=1400)
     assert changed.lans["a"].mtu == 1400 and changed.lans["a"].subnet == config.lans["a"].subnet
+
+
+def test_routes_name_other_lans_or_the_pool() -> None:
+    config = config_from_args(
+        [
+            "--route-to",
+            "10.0.1.0/24",
+            "--lan",
+            "a=10.0.1.0/24,route-to=10.0.2.0/24",
+            "--lan",
+            "b=10.0.2.0/24",
+            "--lan-pool",
+            "10.90.0.0/16",
+            "--lan",
+            "c=10.0.3.0/24,route-to=10.90.0.0/16",
+        ]
+    )
+    lans = config.all_lans()
+    net = ipaddress.IPv4Network
+    assert lans["default"].route_to == (net("10.0.1.0/24"),)
+    assert lans["a"].route_to == (net("10.0.2.0/24"),)
+    assert lans["b"].route_to == (), "a LAN's routes are its own, never inherited"
+    assert lans["c"].route_to == (net("10.90.0.0/16"),)

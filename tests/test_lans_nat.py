@@ -70,7 +70,7 @@ async def test_nat_on_for_one_lan_and_off_for_another(
     server = await srv.start_wsnic("-a", "0.0.0.0", *lans)
     await server.log.wait_for(r"INFO ready: LAN b ", timeout=30)
     log = server.log
-    assert log.find(rf"NAT on: 10\.86\.1\.0/24 masqueraded out of {uplink} .*wsnic_trio_wsl_a")
+    assert log.find(rf"NAT on: 10\.86\.1\.0/24 masqueraded out of {uplink} .*wsnic_trio_pid\d+")
     assert log.find(r"LAN isolated: nothing forwarded into or out of wsl-b")
     assert not log.find(r"NAT on: 10\.86\.2\.0/24"), log.text()
     assert snapshot(srv)["ip_forward"].strip() == "1", "a's NAT turned forwarding on"
@@ -150,7 +150,8 @@ async def test_kill_9_with_three_lans_then_a_new_start_cleans_every_lan(
     left = snapshot(srv)
     for bridge in BRIDGES:
         assert f" {bridge}:" in left["links"], left["links"]
-        assert f"table inet wsnic_trio_{bridge.replace('-', '_')}" in left["nft"]
+        assert f'"{bridge}" : jump in_' in left["nft"], "its rules stay in the run's table"
+    assert f"table inet wsnic_trio_pid{first.pid} " in left["nft"]
     assert left["ip_forward"].strip() == "1"
     assert left["processes"].split().count("dnsmasq") == 3, left["processes"]
     assert sorted(_our_run_dirs(srv)) == sorted(f"net{netns_inode(srv)}-{b}" for b in BRIDGES)
@@ -159,15 +160,15 @@ async def test_kill_9_with_three_lans_then_a_new_start_cleans_every_lan(
     await second.log.wait_for(r"INFO ready: LAN b ", timeout=30)
     log = second.log
     for bridge in BRIDGES:
-        table = "wsnic_trio_" + bridge.replace("-", "_")
         assert log.find(
             rf"removed bridge {bridge} left behind by an earlier run \(pid {first.pid}\)"
         )
-        assert log.find(rf"removed nftables table inet {table} .*\(pid {first.pid}\)")
         rundir = rf"/run/wsnic-trio/net{netns_inode(srv)}-{bridge}"
         assert log.find(rf"removed {rundir} left behind by an earlier run")
     for pid in dnsmasqs:
         assert log.find(rf"stopping dnsmasq \(pid {pid}\) left behind by an earlier run")
+    table = f"wsnic_trio_pid{first.pid}"
+    assert log.find(rf"removed nftables table inet {table} left behind .*\(pid {first.pid}\)")
     assert log.find(r"net\.ipv4\.ip_forward restored to 0, as it was before an earlier run")
     assert log.find(r"net\.ipv4\.ip_forward was 0: set to 1 for this run")
     assert not [pid for pid in dnsmasqs if pid_alive(pid)]
@@ -196,20 +197,21 @@ async def test_kill_9_with_lans_made_on_demand_then_a_new_start_cleans_them(
     left = snapshot(srv)
     for bridge in ("wsl-x", "wsl-y"):
         assert f" {bridge}:" in left["links"], left["links"]
-        assert f"table inet wsnic_trio_{bridge.replace('-', '_')}" in left["nft"]
+        assert f'"{bridge}" : jump in_' in left["nft"], "its rules stay in the run's table"
+    assert f"table inet wsnic_trio_pid{first.pid} " in left["nft"]
     assert left["ip_forward"].strip() == "1"
 
     second = await srv.start_wsnic(*pool)
     log = second.log
     for bridge in ("wsl-x", "wsl-y"):
-        table = "wsnic_trio_" + bridge.replace("-", "_")
         assert log.find(
             rf"removed bridge {bridge} left behind by an earlier run \(pid {first.pid}\)"
         ), log.text()
-        assert log.find(rf"removed nftables table inet {table} .*\(pid {first.pid}\)")
         assert log.find(rf"removed /run/wsnic-trio/net{netns_inode(srv)}-{bridge} left behind")
     for pid in dnsmasqs:
         assert log.find(rf"stopping dnsmasq \(pid {pid}\) left behind by an earlier run")
+    table = f"wsnic_trio_pid{first.pid}"
+    assert log.find(rf"removed nftables table inet {table} left behind .*\(pid {first.pid}\)")
     assert log.find(r"net\.ipv4\.ip_forward restored to 0, as it was before an earlier run")
     assert snapshot(srv) == before, "nothing of the killed run is left, and no LAN is up yet"
     assert await second.stop() == 0

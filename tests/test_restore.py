@@ -71,7 +71,7 @@ async def test_restored_after_a_normal_stop(world: NsFactory, tmp_path: Path, ho
     await client.dhcp("guest")
     during = snapshot(srv)
     assert "wsbr0" in during["links"] and "wstap0" in during["links"]
-    assert "wsnic_trio_wsbr0" in during["nft"]
+    assert f"table inet wsnic_trio_pid{server.pid} " in during["nft"]
     assert during["ip_forward"].strip() == "1" and during["run_dir"] == "present"
     assert "dnsmasq" in during["processes"]
     assert await server.stop(getattr(signal, how)) == 0
@@ -103,16 +103,17 @@ async def test_restored_by_the_next_start_after_kill_9(world: NsFactory) -> None
     os.kill(watchdog, signal.SIGKILL)  # the worst case: nothing stops the old dnsmasq
     await first.stop(signal.SIGKILL)
     left = snapshot(srv)
-    assert "wsbr0" in left["links"] and "wsnic_trio_wsbr0" in left["nft"]
+    assert "wsbr0" in left["links"] and f"wsnic_trio_pid{first.pid}" in left["nft"]
     assert left["ip_forward"].strip() == "1" and "dnsmasq" in left["processes"]
 
     second = await srv.start_wsnic()  # even without -i it undoes the old run's NAT
     assert "ip_forward=-" in snapshot(srv)["nft"], "its own table records no sysctl"
+    assert f"wsnic_trio_pid{first.pid}" not in snapshot(srv)["nft"]
     log = second.log
     assert log.find(rf"removed bridge wsbr0 left behind by an earlier run \(pid {first.pid}\)")
     assert log.find(rf"stopping dnsmasq \(pid {dnsmasq}\) left behind by an earlier run")
     assert log.find(r"net\.ipv4\.ip_forward restored to 0, as it was before an earlier run")
-    assert log.find(rf"removed nftables table inet wsnic_trio_wsbr0 .*\(pid {first.pid}\)")
+    assert log.find(rf"removed nftables table inet wsnic_trio_pid{first.pid} .*\(pid {first.pid}\)")
     assert await second.stop() == 0
     assert snapshot(srv) == before
 
@@ -138,11 +139,13 @@ async def test_host_filter_without_inet_is_removed_on_stop(world: NsFactory) -> 
     server = await srv.start_wsnic()
     assert server.log.find(r"LAN isolated: nothing forwarded into or out of wsbr0")
     during = snapshot(srv)
-    assert "table inet wsnic_trio_wsbr0" in during["nft"]
-    assert 'oifname "wsbr0" drop' in during["nft"] and "masquerade" not in during["nft"]
+    assert f"table inet wsnic_trio_pid{server.pid} " in during["nft"]
+    assert '"wsbr0" : jump to_wsbr0' in during["nft"] and "masquerade" not in during["nft"]
     assert during["ip_forward"] == before["ip_forward"]
     assert await server.stop() == 0
-    assert server.log.find(r"host filter off: table inet wsnic_trio_wsbr0 deleted")
+    assert server.log.find(
+        rf"host filter off: wsbr0's rules removed from table inet wsnic_trio_pid{server.pid}"
+    )
     assert snapshot(srv) == before
 
 
@@ -154,10 +157,11 @@ async def test_kill_9_without_inet_leaves_a_sysctl_changed_since_alone(world: Ns
     assert before["ip_forward"].strip() == "0"
     first = await srv.start_wsnic()
     await first.stop(signal.SIGKILL)
-    assert "wsnic_trio_wsbr0" in snapshot(srv)["nft"], "the table outlives a kill -9"
+    assert f"wsnic_trio_pid{first.pid}" in snapshot(srv)["nft"], "the table outlives a kill -9"
     assert (await srv.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")).returncode == 0
     second = await srv.start_wsnic()
-    assert second.log.find(rf"removed nftables table inet wsnic_trio_wsbr0 .*\(pid {first.pid}\)")
+    table = f"wsnic_trio_pid{first.pid}"
+    assert second.log.find(rf"removed nftables table inet {table} .*\(pid {first.pid}\)")
     assert not second.log.find(r"ip_forward restored")
     assert await second.stop() == 0
     expected = {**before, "ip_forward": before["ip_forward"].replace("0", "1")}

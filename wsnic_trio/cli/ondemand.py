@@ -160,7 +160,7 @@ class OnDemandLans:
         finally:
             current = self.server.lans.get(name)
             if current is not None and current.on_demand and current.config.lan.subnet == subnet:
-                del self.server.lans[name]  # it failed after registering
+                self.server.remove_lan(name)  # it failed after registering
             self._remove_now.pop(name, None)
             self.pool.give_back(subnet)
             removing = self._removing.pop(name, None)
@@ -184,7 +184,7 @@ class OnDemandLans:
 
     async def _close(self, state: LanState, why: str) -> None:
         """Unregister the LAN first (no peer can join it any more), then end its peers."""
-        self.server.lans.pop(state.name, None)
+        self.server.remove_lan(state.name)
         self._removing.setdefault(state.name, trio.Event())
         peers = [info for info in self.server.peers.values() if info.lan == state.name]
         for info in peers:

@@ -215,6 +215,16 @@ class LanConfig:
         help="with --enable-inet, let the LAN reach this private network (RFC 1918, "
         "100.64.0.0/10, 169.254.0.0/16 are blocked otherwise)",
     )
+    route_to: tuple[ipaddress.IPv4Network, ...] = option(
+        (),
+        "--route-to",
+        parse=syntax.ipv4_network,
+        kind="list",
+        metavar="CIDR",
+        help="let this LAN's clients open connections to another LAN of this server (its "
+        "subnet, or the --lan-pool for every LAN made on demand), routed by the host; "
+        "replies come back, new connections from there do not (docs/lans.md)",
+    )
     forward: tuple[ForwardSpec, ...] = option(
         (),
         "--forward",

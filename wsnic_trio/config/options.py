@@ -143,7 +143,17 @@ class Config:
 
 #: LAN options a named LAN does not take from the default LAN: what makes a LAN itself.
 NOT_INHERITED = frozenset(
-    {"subnet", "bridge", "qemu", "qemu_connect", "bess", "dgram", "dhcp_lease_file", "forward"}
+    {
+        "subnet",
+        "bridge",
+        "qemu",
+        "qemu_connect",
+        "bess",
+        "dgram",
+        "dhcp_lease_file",
+        "forward",
+        "route_to",
+    }
 )
 
 
@@ -161,14 +171,36 @@ def _named_lans(server: ServerConfig, default: LanConfig) -> dict[str, LanConfig
     if not lans and server.no_default_lan and server.lan_pool is None:
         raise ConfigError("--no-default-lan leaves no LAN: add --lan or --lan-pool")
     if server.no_default_lan and default.forward:
-        raise ConfigError("--forward is for the default LAN, and --no-default-lan turns it off")
+        raise ConfigError(
+            "--forward is for the default LAN, and --no-default-lan turns it off (a named "
+            "LAN's forwards: --lan NAME=CIDR,forward=LOCAL=REMOTE, or forward = [...] in "
+            "[lan.NAME])"
+        )
     everything = {DEFAULT_LAN: default, **lans} if not server.no_default_lan else lans
     check_disjoint({name: lan.subnet for name, lan in everything.items()})
     _check_unique(everything, "bridge", lambda lan: [lan.bridge])
     _check_unique(
         everything, "listener", lambda lan: [*lan.qemu, *lan.qemu_connect, *lan.bess, *lan.dgram]
     )
+    _check_routes(everything, server.lan_pool)
     return lans
+
+
+def _check_routes(lans: Mapping[str, LanConfig], pool: ipaddress.IPv4Network | None) -> None:
+    """A route goes to another LAN of this server (or to the pool of LANs on demand):
+    anything else is a mistake that would open nothing, or the LAN's own subnet."""
+    for name, lan in lans.items():
+        for target in lan.route_to:
+            if target.overlaps(lan.subnet):
+                raise ConfigError(f"LAN {name}: route-to {target} overlaps its own subnet")
+            others = [o.subnet for n, o in lans.items() if n != name]
+            if pool is not None:
+                others.append(pool)
+            if not any(target.subnet_of(other) for other in others):
+                raise ConfigError(
+                    f"LAN {name}: route-to {target} is not (in) the subnet of another LAN of "
+                    "this server, nor in --lan-pool"
+                )
 
 
 def _named_lan(spec: LanSpec, default: LanConfig) -> LanConfig:
@@ -179,10 +211,6 @@ def _named_lan(spec: LanSpec, default: LanConfig) -> LanConfig:
         if option is None:
             whose = " (it is the server's, not a LAN's)" if key in SERVER_OPTIONS else ""
             raise ConfigError(f"LAN {spec.name}: {raw_key!r} is not a LAN option{whose}")
-        if key == "forward":
-            raise ConfigError(
-                f"LAN {spec.name}: port forwards (--forward) are the default LAN's only for now"
-            )
         typed[key] = convert(option, raw, f"LAN {spec.name}: {key}")
     if "subnet" not in typed:
         raise ConfigError(

@@ -196,6 +196,7 @@ def show_stats(data: Any) -> str:
 def show_forwards(data: Any) -> str:
     rows = [
         (
+            f["lan"],
             f["protocol"],
             f["local"],
             f["remote"],
@@ -211,7 +212,7 @@ def show_forwards(data: Any) -> str:
     ]
     if not rows:
         return "no forwards"
-    headers = ["proto", "local", "remote", "bound to", "resolved", "active", "total"]
+    headers = ["lan", "proto", "local", "remote", "bound to", "resolved", "active", "total"]
     headers += ["sent", "received"]
     return table([*headers, "last error"], rows)
 
@@ -328,6 +329,9 @@ def build_ctl_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("remote", metavar="REMOTE", help="ADDRESS:PORT or HOSTNAME:PORT on the LAN")
     add.add_argument("--udp", action="store_true", help="forward UDP instead of TCP")
+    add.add_argument(
+        "--lan", default="default", metavar="NAME", help="the LAN REMOTE is on (default: default)"
+    )
     rm = command(fsub, "rm", "remove the forward(s) on LOCAL: TCP and UDP, unless one is named")
     rm.add_argument("local", metavar="LOCAL", help="HOST:PORT, as 'ctl forward ls' lists it")
     rm.add_argument("--udp", action="store_true", help="only the UDP forward")
@@ -395,9 +399,12 @@ async def run_ctl(args: argparse.Namespace) -> int:
             "local": args.local,
             "remote": args.remote,
             "protocol": "udp" if args.udp else "tcp",
+            "lan": args.lan,
         }
         reply = await client.request("POST", "/forwards", body)
-        show = lambda d: f"forwarding {d['protocol']} {d['local']} to {d['remote']}"  # noqa: E731
+        show = lambda d: (  # noqa: E731
+            f"forwarding {d['protocol']} {d['local']} to {d['remote']} on LAN {d['lan']}"
+        )
     else:
         body = {"local": args.local}
         if args.udp != args.tcp:

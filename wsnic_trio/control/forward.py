@@ -41,12 +41,13 @@ from typing import Any
 import trio
 
 from wsnic_trio.config.endpoints import ForwardSpec, check_remote
+from wsnic_trio.config.lans import DEFAULT_LAN
 from wsnic_trio.core import mac_text
 from wsnic_trio.errors import WsnicError
 from wsnic_trio.host.leases import Lease, LeaseTable
 from wsnic_trio.net.addresses import listen_socket
 
-__all__ = ["ForwardError", "ForwardManager", "OpenRemote", "open_remote_here"]
+__all__ = ["ForwardError", "ForwardLan", "ForwardManager", "OpenRemote", "open_remote_here"]
 
 #: ``(protocol, host, port) -> connected socket``: how a forward opens its remote side.
 #: ``host`` is an IP address (names are resolved before); failures raise ``OSError``
@@ -76,6 +77,8 @@ class ForwardError(Exception):
 class Forward:
     spec: ForwardSpec  # with the port really bound (``:0`` asks for any free one)
     requested: str
+    #: The LAN the remote is on (names are looked up in its leases only).
+    lan: str = DEFAULT_LAN
     scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
     #: Set once its local socket is closed (after :meth:`ForwardManager.remove`).
     closed: trio.Event = dataclasses.field(default_factory=trio.Event)
@@ -95,6 +98,7 @@ class Forward:
 
     def describe(self) -> dict[str, Any]:
         return {
+            "lan": self.lan,
             "local": self.spec.local,
             "remote": self.spec.remote,
             "protocol": self.spec.protocol,
@@ -127,65 +131,113 @@ async def open_remote_here(protocol: str, host: str, port: int) -> trio.socket.S
     return sock
 
 
+@dataclasses.dataclass(frozen=True)
+class ForwardLan:
+    """What forwards need of one LAN: where its guests are and how they are named."""
+
+    subnet: ipaddress.IPv4Network
+    leases: LeaseTable | None
+    domain: str
+
+
 class ForwardManager:
-    def __init__(
-        self,
-        subnet: ipaddress.IPv4Network,
-        leases: LeaseTable | None,
-        domain: str,
-        open_remote: OpenRemote = open_remote_here,
-    ) -> None:
-        self.subnet = subnet
+    """Every port forward of the server, whichever LAN each one reaches.
+
+    The local side is the host's, so ``(protocol, local)`` is unique across all LANs;
+    the remote side is on one LAN, and a name is looked up in that LAN's leases only
+    (the same host name may be taken on two LANs). A LAN that goes takes its forwards
+    with it.
+    """
+
+    def __init__(self, open_remote: OpenRemote = open_remote_here) -> None:
         self.open_remote = open_remote
-        self.leases = leases
-        self.domain = domain
+        self.lans: dict[str, ForwardLan] = {}
         self.forwards: dict[tuple[str, str], Forward] = {}
         self._nursery: trio.Nursery | None = None
+        self._hooks: dict[str, Callable[[dict[bytes, Lease], dict[bytes, Lease]], None]] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        # Every change of the lease table (the watcher's or a connection's read) binds
-        # the forwards whose name just appeared, so "the first MAC that takes the name"
-        # means the first one the server saw, not the one holding it at the first
-        # connection.
-        if self.leases is not None:
-            self.leases.on_change.append(self._leases_changed)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
                 await trio.sleep_forever()
         finally:
-            if self.leases is not None:
-                self.leases.on_change.remove(self._leases_changed)
+            for name in list(self._hooks):
+                self._unhook(name)
+
+    def add_lan(self, name: str, lan: ForwardLan) -> None:
+        """Let forwards reach LAN ``name``.
+
+        Every change of its lease table (the watcher's or a connection's read) binds
+        the forwards whose name just appeared, so "the first MAC that takes the name"
+        means the first one the server saw, not the one holding it at the first
+        connection.
+        """
+        self.lans[name] = lan
+        if lan.leases is not None:
+
+            def changed(old: dict[bytes, Lease], new: dict[bytes, Lease]) -> None:
+                for fwd in self.forwards.values():
+                    if fwd.lan == name:
+                        self._bind_name(fwd)
+
+            lan.leases.on_change.append(changed)
+            self._hooks[name] = changed
+
+    def remove_lan(self, name: str) -> list[Forward]:
+        """LAN ``name`` is gone: so are its forwards (their sockets close as their tasks end)."""
+        self._unhook(name)
+        self.lans.pop(name, None)
+        gone = [key for key, fwd in self.forwards.items() if fwd.lan == name]
+        return self._stop(gone)
+
+    def _unhook(self, name: str) -> None:
+        hook = self._hooks.pop(name, None)
+        lan = self.lans.get(name)
+        if hook is not None and lan is not None and lan.leases is not None:
+            with contextlib.suppress(ValueError):
+                lan.leases.on_change.remove(hook)
+
+    def _lan(self, name: str) -> ForwardLan:
+        lan = self.lans.get(name)
+        if lan is None:
+            raise ForwardError(f"no such LAN: {name}", 404)
+        return lan
 
     # -- the API's operations -----------------------------------------------------------
 
-    def validate(self, spec: ForwardSpec) -> None:
-        problem = check_remote(spec.remote_host, self.subnet)
+    def validate(self, spec: ForwardSpec, lan: str = DEFAULT_LAN) -> None:
+        side = self._lan(lan)
+        problem = check_remote(spec.remote_host, side.subnet)
         if problem is not None:
             raise ForwardError(problem)
-        if _is_name(spec.remote_host) and self.leases is None:
+        if _is_name(spec.remote_host) and side.leases is None:
             raise ForwardError(
                 f"remote {spec.remote_host!r} is a name, and names are looked up in the DHCP "
                 "leases, but this server runs without DHCP (--disable-dhcp): give an address"
             )
 
-    async def add(self, spec: ForwardSpec) -> Forward:
-        """Bind the local side and start forwarding; raises ForwardError, changing nothing."""
+    async def add(self, spec: ForwardSpec, lan: str = DEFAULT_LAN) -> Forward:
+        """Bind the local side and start forwarding to ``spec``'s remote on LAN ``lan``;
+        raises ForwardError, changing nothing."""
         assert self._nursery is not None, "ForwardManager.run is not running"
-        self.validate(spec)
+        self.validate(spec, lan)
+        side = self._lan(lan)
         if (spec.protocol, spec.local) in self.forwards:
             raise ForwardError(f"{spec.protocol} {spec.local} is already forwarded", 409)
         if len(self.forwards) >= MAX_FORWARDS:
             raise ForwardError(f"too many forwards (at most {MAX_FORWARDS})", 409)
         if _is_name(spec.remote_host):
-            assert self.leases is not None
-            await self.leases.update()  # bind to the holder of the name *now*
+            assert side.leases is not None
+            await side.leases.update()  # bind to the holder of the name *now*
+            if self.lans.get(lan) is not side:
+                raise ForwardError(f"LAN {lan} was removed meanwhile", 404)
         sock = self._bind(spec)
         try:
             host, port = sock.getsockname()[:2]
             bound = dataclasses.replace(spec, local_host=host, local_port=port)
-            fwd = Forward(bound, str(spec))
+            fwd = Forward(bound, str(spec), lan)
             key = (bound.protocol, bound.local)
             if key in self.forwards:
                 raise ForwardError(f"{bound.protocol} {bound.local} is already forwarded", 409)
@@ -196,7 +248,8 @@ class ForwardManager:
         serve = self._serve_tcp if spec.protocol == "tcp" else self._serve_udp
         await self._nursery.start(serve, fwd, sock)
         self.forwards[key] = fwd
-        log.info("forwarding %s %s to %s", bound.protocol, bound.local, bound.remote)
+        on = "" if lan == DEFAULT_LAN else f" on LAN {lan}"
+        log.info("forwarding %s %s to %s%s", bound.protocol, bound.local, bound.remote, on)
         return fwd
 
     def remove(self, local: str, protocol: str | None = None) -> list[Forward]:
@@ -212,6 +265,9 @@ class ForwardManager:
         if not keys:
             what = f"{protocol} " if protocol else ""
             raise ForwardError(f"no {what}forward on {local}", 404)
+        return self._stop(keys)
+
+    def _stop(self, keys: list[tuple[str, str]]) -> list[Forward]:
         gone = [self.forwards.pop(key) for key in keys]
         for fwd in gone:
             fwd.scope.cancel()
@@ -255,14 +311,15 @@ class ForwardManager:
         if not _is_name(host):
             fwd.resolved = host
             return host
-        assert self.leases is not None
-        await self.leases.update()
+        side = self._lan(fwd.lan)
+        assert side.leases is not None
+        await side.leases.update()
         self._bind_name(fwd)  # cheap, and independent of the hook's being installed
         name = self._name_of(fwd)
         if fwd.bound_mac is None:
             raise ForwardError(f"no DHCP lease for host name {name!r}", 502)
-        lease = self.leases.leases.get(fwd.bound_mac)
-        if lease is None or lease.ip not in self.subnet:
+        lease = side.leases.leases.get(fwd.bound_mac)
+        if lease is None or lease.ip not in side.subnet:
             holder = self._holder(fwd)
             hint = ""
             if holder is not None and holder.mac != fwd.bound_mac:
@@ -279,16 +336,20 @@ class ForwardManager:
         return fwd.resolved
 
     def _name_of(self, fwd: Forward) -> str:
-        return fwd.spec.remote_host.removesuffix("." + self.domain)
+        side = self.lans.get(fwd.lan)
+        suffix = "." + side.domain if side is not None else ""
+        return fwd.spec.remote_host.removesuffix(suffix) if suffix else fwd.spec.remote_host
 
     def _holder(self, fwd: Forward) -> Lease | None:
-        assert self.leases is not None
-        lease = self.leases.by_hostname(self._name_of(fwd))
-        return lease if lease is not None and lease.ip in self.subnet else None
+        side = self.lans.get(fwd.lan)
+        if side is None or side.leases is None:
+            return None
+        lease = side.leases.by_hostname(self._name_of(fwd))
+        return lease if lease is not None and lease.ip in side.subnet else None
 
     def _bind_name(self, fwd: Forward) -> None:
         """Bind a forward to a name's holder, once; afterwards only note other claimers."""
-        if self.leases is None or not _is_name(fwd.spec.remote_host):
+        if not _is_name(fwd.spec.remote_host):
             return
         holder = self._holder(fwd)
         if holder is None:
@@ -315,10 +376,6 @@ class ForwardManager:
                 holder.ip,
                 mac_text(fwd.bound_mac),
             )
-
-    def _leases_changed(self, old: dict[bytes, Lease], new: dict[bytes, Lease]) -> None:
-        for fwd in self.forwards.values():
-            self._bind_name(fwd)
 
     # -- TCP ------------------------------------------------------------------------------
 

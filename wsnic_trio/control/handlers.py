@@ -389,17 +389,22 @@ class ApiServer:
 
     async def get_forwards(self, request: Request, match: re.Match[str]) -> Response:
         manager = self._forwards()
-        rows = [f.describe() for _, f in sorted(manager.forwards.items())]
+        lans = self._lan_filter(request)
+        rows = [f.describe() for _, f in sorted(manager.forwards.items()) if f.lan in lans]
         return json_response({"forwards": rows})
 
     async def add_forward(self, request: Request, match: re.Match[str]) -> Response:
         manager = self._forwards()
-        if DEFAULT_LAN not in self.server.lans:
-            raise HttpError(409, "port forwards go to the default LAN, and this server runs none")
         data = request.json_object()
-        unknown = set(data) - {"local", "remote", "protocol"}
+        unknown = set(data) - {"local", "remote", "protocol", "lan"}
         if unknown:
             raise HttpError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        lan = data.get("lan", request.query.get("lan", DEFAULT_LAN))
+        if not isinstance(lan, str):
+            raise HttpError(400, "field 'lan' must be a LAN's name")
+        if lan not in self.server.lans:
+            why = "" if lan != DEFAULT_LAN else " (this server runs no default LAN: say which)"
+            raise HttpError(404, f"no such LAN: {printable(lan, 40)}{why}")
         for key in ("local", "remote"):
             if not isinstance(data.get(key), str):
                 raise HttpError(400, f"field {key!r} is required: a string such as 127.0.0.1:2222")
@@ -410,7 +415,7 @@ class ApiServer:
             spec = make_forward(data["local"], data["remote"], protocol)
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
-        fwd = await manager.add(spec)
+        fwd = await manager.add(spec, lan)
         return json_response(fwd.describe(), 201)
 
     async def rm_forward(self, request: Request, match: re.Match[str]) -> Response:

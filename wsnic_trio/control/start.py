@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from wsnic_trio.config import Config
-from wsnic_trio.control.forward import ForwardError, ForwardManager, OpenRemote
+from wsnic_trio.config.lans import DEFAULT_LAN
+from wsnic_trio.control.forward import ForwardError, ForwardLan, ForwardManager, OpenRemote
 from wsnic_trio.control.handlers import ApiServer
 from wsnic_trio.control.http import ApiListener
 from wsnic_trio.control.pcap import PcapManager
@@ -66,15 +67,18 @@ async def start_control(
             config.server.pcap_max_bytes,
             config.server.pcap_budget,
         )
-    forwards = ForwardManager(
-        config.lan.subnet, server.leases, config.lan.dhcp_domain_name, open_remote
-    )
+    forwards = ForwardManager(open_remote)
     await nursery.start(forwards.run)
-    for spec in config.lan.forward:
-        try:
-            await forwards.add(spec)
-        except ForwardError as exc:
-            raise SetupError(f"--forward {spec}: {exc}") from None
+    for state in list(server.lans.values()):
+        _forwards_reach(forwards, state)
+        for spec in state.config.lan.forward:
+            try:
+                await forwards.add(spec, state.name)
+            except ForwardError as exc:
+                where = "--forward" if state.name == DEFAULT_LAN else f"LAN {state.name}: forward"
+                raise SetupError(f"{where} {spec}: {exc}") from None
+    server.on_lan_added.append(functools.partial(_forwards_reach, forwards))
+    server.on_lan_removed.append(lambda state: forwards.remove_lan(state.name))
     control = Control(server, forwards, pcap)
     api = ApiServer(control, tokens)
     for listener in listeners:
@@ -84,6 +88,11 @@ async def start_control(
         _watch_lease_events(server, state)
     server.on_lan_added.append(functools.partial(_watch_lease_events, server))
     return control
+
+
+def _forwards_reach(forwards: ForwardManager, state: LanState) -> None:
+    lan = state.config.lan
+    forwards.add_lan(state.name, ForwardLan(lan.subnet, state.leases, lan.dhcp_domain_name))
 
 
 def _watch_lease_events(server: Server, state: LanState) -> None:

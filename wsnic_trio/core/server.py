@@ -122,8 +122,10 @@ class Server:
         default = self.lans.get(DEFAULT_LAN)
         #: The default LAN's leases (its port forwards look names up there).
         self.leases = default.leases if default is not None else None
-        #: Called with each LAN made after start (on demand).
+        #: Called with each LAN made after start (on demand), and with each one that
+        #: goes before the server stops.
         self.on_lan_added: list[Callable[[LanState], None]] = []
+        self.on_lan_removed: list[Callable[[LanState], object]] = []
         self.bridge_mac = BRIDGE_MAC_BYTES
         # -- what the control API shows (docs/api.md) --
         self.started_at = time.time()
@@ -177,6 +179,15 @@ class Server:
         self.lans[state.name] = state
         for hook in self.on_lan_added:
             hook(state)
+
+    def remove_lan(self, name: str) -> LanState | None:
+        """Unregister a LAN that goes before the server stops (on demand): no peer can
+        join it any more, and what hangs on it (port forwards) goes too."""
+        state = self.lans.pop(name, None)
+        if state is not None:
+            for hook in self.on_lan_removed:
+                hook(state)
+        return state
 
     def count_dnsmasq_restart(self) -> None:
         self.dnsmasq_restarts += 1

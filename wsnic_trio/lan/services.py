@@ -4,9 +4,10 @@ then DHCP/DNS.
 :func:`lan_services` is entered right after the bridge exists (so the LAN is known to
 be ours: the bridge check has refused to run beside a live owner) and is left before
 the bridge goes. It first clears whatever a killed run of this LAN left behind, in the
-order that run made it undone in reverse: its dnsmasq, then its nftables table (restoring
-``net.ipv4.ip_forward`` from the table's record). Then the LAN's nftables table is set
-up: the host filter always, NAT with ``-i``.
+order that run made it undone in reverse: its dnsmasq, then (once per process) the
+nftables tables of runs that are gone (restoring ``net.ipv4.ip_forward`` from their
+record). Then the LAN's rules go into the run's table: the host filter always, NAT with
+``-i``.
 dnsmasq itself runs in the server's nursery (:func:`wsnic_trio.host.dnsmasq.serve_dnsmasq`),
 so it stops before the table and the bridge are undone.
 """
@@ -23,12 +24,7 @@ import trio
 from wsnic_trio.config import Config
 from wsnic_trio.host import netlink
 from wsnic_trio.host.dnsmasq import check_prerequisites, clear_leftovers
-from wsnic_trio.host.nat import (
-    check_nft,
-    clear_leftover_forwarding,
-    clear_leftover_table,
-    host_filter,
-)
+from wsnic_trio.host.nat import check_nft, clear_leftover_tables, host_filter
 from wsnic_trio.host.procs import pid_is_wsnic
 
 __all__ = ["clear_leftover_lans", "lan_services"]
@@ -42,8 +38,7 @@ async def lan_services(config: Config) -> AsyncIterator[str | None]:
     await trio.to_thread.run_sync(check_prerequisites, config)
     check_nft()
     await trio.to_thread.run_sync(clear_leftovers, config.lan.bridge)
-    await clear_leftover_table(config.lan.bridge)
-    await clear_leftover_forwarding()
+    await clear_leftover_tables()
     async with host_filter(config.lan, os.getpid()) as uplink:
         yield uplink
 
@@ -64,10 +59,8 @@ async def clear_leftover_lans(keep: Collection[str]) -> list[str]:
         owner = netlink.parse_owner(link.alias)
         if link.name in keep or owner is None or pid_is_wsnic(owner):
             continue
-        # The order a stop undoes a LAN in: dnsmasq, the table (and what it records),
-        # then the bridge.
+        # The order a stop undoes a LAN in: dnsmasq (then the tables, below), the bridge.
         await trio.to_thread.run_sync(clear_leftovers, link.name)
-        await clear_leftover_table(link.name)
         if await trio.to_thread.run_sync(netlink.delete_link, link.name):
             log.warning(
                 "removed bridge %s left behind by an earlier run (pid %s) that did not "
@@ -76,7 +69,7 @@ async def clear_leftover_lans(keep: Collection[str]) -> list[str]:
                 owner,
             )
         removed.append(link.name)
-    # ip_forward as it was before the killed run, also when no LAN starts before a client
-    # asks for one.
-    await clear_leftover_forwarding()
+    # The killed run's table and its ip_forward record, also when no LAN starts before a
+    # client asks for one.
+    await clear_leftover_tables()
     return removed
