@@ -23,11 +23,15 @@ import trio
 from .lanhost import LanClient, add_client, netns_inode, run_dirs, snapshot
 from .netns import NetNS, NsFactory, NsProcess
 from .rootlesshost import (
+    DEBIAN_PYTHON,
     USERADD,
     ThrowawayUser,
     helper_pid,
+    launch_rootless,
+    refused_at_start,
     start_rootless,
     throwaway_user,
+    user_netns,
     user_runtime,
 )
 from .test_privdrop import _helper_pid, _server_ns, _start, _until_gone
@@ -251,3 +255,51 @@ async def test_kill_9_with_lans_up_then_restart(
         assert await again.stop(signal.SIGTERM) == 0, again.log.text()
         assert "Traceback" not in again.log.text(), again.log.text()
         await _all_gone(run, before)
+
+
+async def test_a_start_up_error_with_user_leaves_nothing(world: NsFactory, runtime: Path) -> None:
+    """--user: LAN b cannot be made (a bridge of that name that wsnic-trio did not
+    make): the server refuses to start with one error line and exit code 2, and the
+    helper removes LAN a, which it had already built, with all of it."""
+    srv = _server_ns(world)
+    before = snapshot(srv)
+    srv.ip("link", "add", "wsl-b", "type", "bridge")
+    with throwaway_user() as user:
+        server = await srv.start(
+            [DEBIAN_PYTHON, "-m", "wsnic_trio", "--user", user.name, *LANS],
+            label="wsnic-trio",
+            env={"PYTHONPATH": str(runtime / "site")},
+        )
+        assert await server.wait(40) == 2, server.log.text()
+        errors = [line for line in server.log.lines if re.search(r"error|ERROR|Traceback", line)]
+        assert errors == [
+            "wsnic-trio: error: a device named wsl-b already exists and was not created by "
+            "wsnic-trio; choose another name with --bridge or remove it"
+        ], server.log.text()
+        assert not server.log.find(r"INFO ready: ")
+        assert server.log.find(r"bridge wsl-a removed"), server.log.text()
+        with trio.move_on_after(20):  # only a bound: the helper cleans up after the server
+            while snapshot(srv)["processes"] != before["processes"]:
+                await trio.sleep(0.1)
+        assert not user.pids()
+    srv.ip("link", "del", "wsl-b")
+    assert snapshot(srv) == before
+    assert not [d for d in run_dirs() if d.startswith(f"net{netns_inode(srv)}-")]
+
+
+async def test_a_start_up_error_in_rootless_mode_leaves_nothing(
+    world: NsFactory, runtime: Path
+) -> None:
+    """Rootless with several LANs and a /dev/net/tun the user may not open: the first
+    LAN's trial TAP fails, the server refuses to start with one line and exit code 2,
+    and nothing is left: no process, namespace, run directory or port of the user."""
+    srv = world.new("srv")
+    with throwaway_user() as user:
+        server = await launch_rootless(srv, user, runtime, *LANS, tun_mode="600")
+        problems = await refused_at_start(server, timeout=40)
+        assert len(problems) == 1, server.log.text()
+        assert problems[0].startswith(
+            f"wsnic-trio: error: /dev/net/tun is not usable by user {user.name} (mode 0600)"
+        ), problems
+        await _gone(user, 0, srv, 8086)
+        assert not user_netns(user.uid)

@@ -5,6 +5,7 @@ and ``tap {lan}`` requests, checked when decoded, and both helpers' answers to t
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import socket
@@ -30,6 +31,9 @@ LANS = ["--lan", "a=10.86.1.0/24,enable-inet=false", "--lan", "b=10.86.2.0/24"]
 
 def _wire(name: str) -> dict[str, Any]:
     config = config_from_args(["-i", "--no-default-lan", *LANS, "--lan-pool", "10.90.0.0/16"])
+    if name not in config.all_lans():  # as one made on demand
+        view = config.view(config.on_demand_lan(name, ipaddress.IPv4Network("10.90.0.0/24")))
+        return proto.config_to_wire(view, one_lan=True)
     return proto.config_to_wire(config.for_lan(name), one_lan=True)
 
 
@@ -241,6 +245,8 @@ async def test_root_helper_serves_several_lans(monkeypatch: pytest.MonkeyPatch) 
     @contextlib.asynccontextmanager
     async def built(config: Config, owner: tuple[int, int]) -> AsyncIterator[_FakeLan]:
         assert owner == (1000, 1000)
+        if config.lan.bridge == "wsl-new":
+            raise SetupError("a device named wsl-new already exists")  # as in a nursery
         made.append(config.lan.bridge)
         fakes.append(lan := _FakeLan(config))
         try:
@@ -279,6 +285,7 @@ async def test_root_helper_serves_several_lans(monkeypatch: pytest.MonkeyPatch) 
                 (Request("add", {"lan": "a", "config": _wire("a")}), "LAN a exists already"),
                 (Request("add", {"lan": "c", "config": _wire("b")}), "bridge wsl-b is another"),
                 (Request("start", {"uplink": None}), "start is not valid after setup"),
+                (Request("add", {"lan": "new", "config": _wire("new")}), "wsl-new already exists"),
                 (b'{"op": "add", "args": {"lan": "c"}}', "config is missing"),
                 (b'{"op": "tap", "args": {"lan": "B"}}', "bad lan"),
             ):

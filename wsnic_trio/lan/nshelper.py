@@ -293,7 +293,11 @@ class Helper:
         with IPRoute() as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         if self.several:
-            log.info("namespace ready (helper pid %d) for several LANs", os.getpid())
+            # Before the uplink (slirp4netns needs /dev/net/tun as well, and says less).
+            problem = tun_problem(self.user, ROOTLESS_DOCS, mode_matters=True)
+            if problem is not None:
+                raise SetupError(problem)
+            log.info("namespace made (helper pid %d) for several LANs", os.getpid())
             return Reply(True, {"rundir": str(self.rundir), "pid": os.getpid()})
         lan = self.lans[DEFAULT_LAN] = _NsLan(DEFAULT_LAN, config, self.rundir)
         self._build_bridge(lan)

@@ -273,7 +273,7 @@ class SeparatedLan(HelperLan):
 
     def _ready(self, part: HelperPart) -> None:
         log.info(
-            "LAN %s ready: bridge %s, kept by the helper (pid %d, root)",
+            "LAN %s built: bridge %s, kept by the helper (pid %d, root)",
             part.name,
             part.bridge,
             self.helper_pid,
@@ -455,8 +455,11 @@ class _Lans:
             raise HelperProtocolError(f"bridge {config.lan.bridge} is another LAN's")
         try:
             await self.nursery.start(self._run, name, config)
-        except* (WsnicError, OSError, NetlinkError) as group:
-            raise SetupError(_error_text(first_error(group))) from None
+        except Exception as exc:  # also a group of them (the LAN's own nursery)
+            error = first_error(exc)
+            if not isinstance(error, WsnicError | OSError | NetlinkError):
+                raise
+            raise SetupError(_error_text(error)) from None
         return Reply(True, {"bridge": config.lan.bridge})
 
     async def _run(self, name: str, config: Config, *, task_status: trio.TaskStatus[None]) -> None:
@@ -467,10 +470,12 @@ class _Lans:
                     running = self.lans[name] = _Running(lan, scope, trio.Event())
                     task_status.started()
                     await trio.sleep_forever()
-        except* (WsnicError, OSError, NetlinkError) as group:
+        except Exception as exc:  # after add's reply: this LAN ends, the others go on
             if running is None:
                 raise
-            log.error("LAN %s failed: %s", name, _error_text(first_error(group)))
+            error = first_error(exc)
+            expected = isinstance(error, WsnicError | OSError | NetlinkError)
+            log.error("LAN %s failed: %s", name, _error_text(error), exc_info=not expected)
         finally:
             if running is not None:
                 del self.lans[name]

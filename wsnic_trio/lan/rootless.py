@@ -503,7 +503,7 @@ class RootlessLan(HelperLan):
 
     def _ready(self, part: HelperPart) -> None:
         log.info(
-            "rootless LAN %s ready: bridge %s in the namespace of helper pid %d",
+            "rootless LAN %s built: bridge %s in the namespace of helper pid %d",
             part.name,
             part.bridge,
             self.helper_pid,
