@@ -31,8 +31,11 @@ judges namespaces by /proc/PID/ns/net, which other users' processes do not let u
 and ``host_filter`` takes the uplink from the default route at set-up, while slirp4netns
 or pasta attach only afterwards (hence ``start``, with ``host_address`` added to the
 allowed addresses). ``probe_lan`` takes the account from ``geteuid()``, 0 in here. The requests
-differ too: ``--in-place`` answers one ``setup`` and then only ``tap``; here ``start``,
-``tap`` and ``connect`` come in any order, and an unshare failure answers all of them.
+differ too: ``--in-place`` answers one ``setup`` and then only ``tap`` (and ``add`` and
+``remove`` with several LANs); here ``start``, ``tap`` and ``connect`` come in any
+order, and an unshare failure answers all of them. Several LANs share the namespace
+and its uplink: ``setup`` builds none, each is an ``add`` with its own bridge, table
+(NAT or isolated) and dnsmasq, supervised by the same loop.
 Finally, Trio creates a child's ``Popen`` in a worker thread, so ``PR_SET_PDEATHSIG``
 would fire when that thread is retired: the Trio supervisor needs a watchdog process
 per dnsmasq, while one thread forking makes it exact here. What both could share is

@@ -8,10 +8,12 @@ with its leftover detection and "not ours" refusal, :func:`lan_services` with NA
 the ``ip_forward`` record and restore, the supervised dnsmasq with its restarts), and
 hands the server a TAP fd per peer over the seqpacket socket, exactly as in rootless
 mode (``nsproto``); it tries one TAP before it reports the LAN ready, and after set-up
-it answers nothing but ``tap``. Then the server drops every privilege for good:
-supplementary groups, gid, uid (glibc applies ``setuid`` to every thread, which matters
-because Trio makes netlink calls from worker threads), and checks that no thread kept a
-capability and that ``setuid(0)`` fails.
+it answers nothing but ``tap``. With several LANs there is still one helper: ``setup``
+builds none, and each LAN is an ``add`` (built as above) until its ``remove``, so the
+LANs made on demand after the drop are built as root too. Then the server drops every
+privilege for good: supplementary groups, gid, uid (glibc applies ``setuid`` to every
+thread, which matters because Trio makes netlink calls from worker threads), and checks
+that no thread kept a capability and that ``setuid(0)`` fails.
 
 Capabilities are per thread and the server would need more than ``CAP_NET_ADMIN``
 anyway (dnsmasq restarts, nft clean-up and the sysctl restore at exit), so the server
