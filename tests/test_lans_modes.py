@@ -26,7 +26,6 @@ from .rootlesshost import (
     DEBIAN_PYTHON,
     USERADD,
     ThrowawayUser,
-    helper_pid,
     launch_rootless,
     refused_at_start,
     start_rootless,
@@ -34,7 +33,7 @@ from .rootlesshost import (
     user_netns,
     user_runtime,
 )
-from .test_privdrop import _helper_pid, _server_ns, _start, _until_gone
+from .test_privdrop import _server_ns, _start, _until_gone
 from .test_rootless import PAGE, _fetch, _gone, _http_server
 
 pytestmark = pytest.mark.integration
@@ -76,15 +75,18 @@ class Run:
     helper: int = 0
     inode: int = 0
 
-    async def start(self) -> NsProcess:
-        """The server with :data:`LANS` (rootless: and --allow-host-loopback)."""
+    async def start(self, *lans: str) -> NsProcess:
+        """The server with ``lans`` (:data:`LANS` by default; rootless: and
+        --allow-host-loopback)."""
+        lans = lans or LANS
         if self.mode == "user":
-            server = await _start(self.srv, self.runtime, self.user, *LANS)
-            self.helper = _helper_pid(server)
+            server = await _start(self.srv, self.runtime, self.user, *lans)
         else:
-            args = (*LANS, "--allow-host-loopback")
+            args = (*lans, "--allow-host-loopback")
             server = await start_rootless(self.srv, self.user, self.runtime, *args)
-            self.helper = helper_pid(server)
+        found = server.log.find(r"helper \(?pid (\d+)")
+        assert found is not None, server.log.text()
+        self.helper = int(found.group(1))
         self.server = server
         self.inode = os.stat(f"/proc/{self.helper}/ns/net").st_ino
         return server
@@ -178,9 +180,7 @@ async def test_several_lans(world: NsFactory, runtime: Path, tmp_path: Path, mod
     with throwaway_user() as user:
         run = Run(mode, srv, user, runtime)
         server = await run.start()
-        said = re.findall(
-            r"(?:in the namespace of|kept by the) helper \(?pid (\d+)", server.log.text()
-        )
+        said = re.findall(r"LAN [a-z]+ built: .* helper \(?pid (\d+)", server.log.text())
         assert said == [str(run.helper)] * 2, "one helper built both LANs"
         if mode == "user":
             assert server.log.find(r"dropped privileges: running as ")
@@ -195,8 +195,9 @@ async def test_several_lans(world: NsFactory, runtime: Path, tmp_path: Path, mod
 
         own = await alice.ns.exec("ping", "-c", "1", "-W", "3", "10.86.1.1")
         assert own.returncode == 0, "a client reaches its own LAN's gateway"
-        routed = await alice.ns.exec("ping", "-c", "1", "-W", "2", lease_b["ip"])
-        assert routed.returncode != 0, "nothing is routed between LANs"
+        for src, dst in ((alice, lease_b["ip"]), (bob, lease_a["ip"])):
+            routed = await src.ns.exec("ping", "-c", "1", "-W", "2", dst)
+            assert routed.returncode != 0, "nothing is routed between LANs, either way"
         gateway = await alice.ns.exec("ping", "-c", "1", "-W", "2", "10.86.2.1")
         assert gateway.returncode != 0, "a LAN's gateway is not reachable from another LAN"
         alice.ns.ip("addr", "add", "10.86.2.250/24", "dev", "lan0")
@@ -254,6 +255,28 @@ async def test_kill_9_with_lans_up_then_restart(
         assert ipaddress.IPv4Address(lease["ip"]) in NET("10.86.1.0/24"), lease
         assert await again.stop(signal.SIGTERM) == 0, again.log.text()
         assert "Traceback" not in again.log.text(), again.log.text()
+        await _all_gone(run, before)
+
+
+@pytest.mark.parametrize("mode", ["user", "rootless"])
+async def test_lans_on_demand_only(
+    world: NsFactory, runtime: Path, tmp_path: Path, mode: str
+) -> None:
+    """No LAN at start (--no-default-lan, --lan-pool only): the helper is up with none,
+    the first client of /lan/x gets a LAN with NAT from it, and SIGTERM leaves nothing."""
+    srv, (client,), before = await _stage(world, mode, runtime, tmp_path, "/lan/x")
+    with throwaway_user() as user:
+        run = Run(mode, srv, user, runtime)
+        pool = ("--ws-address", "0.0.0.0", "--no-default-lan", "--lan-pool", "10.91.0.0/16", "-i")
+        server = await run.start(*pool)
+        assert server.log.find(r"INFO ready: no LAN until a client asks"), server.log.text()
+        await _connected(client)
+        lease = await client.dhcp()
+        assert ipaddress.IPv4Address(lease["ip"]) in NET("10.91.0.0/24"), lease
+        assert run.dnsmasq_bridges() == {"wsl-x"}
+        assert await run.reaches_outside(client), server.log.text()
+        assert await server.stop(signal.SIGTERM) == 0, server.log.text()
+        assert "Traceback" not in server.log.text(), server.log.text()
         await _all_gone(run, before)
 
 

@@ -272,6 +272,8 @@ class SeparatedLan(HelperLan):
         )
         if not self.several:
             log.info("LAN ready: bridge %s, kept by the helper (pid %d, root)", *self._ids())
+        else:
+            log.info("LANs kept by the helper (pid %d, root)", self.helper_pid)
 
     def _ready(self, part: HelperPart) -> None:
         log.info(

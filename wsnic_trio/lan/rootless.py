@@ -485,7 +485,7 @@ class RootlessLan(HelperLan):
                 self.config.server.uplink,
             )
         log.info(
-            "rootless namespace ready: helper pid %d%s",
+            "rootless namespace up: helper pid %d%s",
             self.helper_pid,
             f", uplink {self.config.server.uplink}" if uplink_device else ", no uplink",
         )
