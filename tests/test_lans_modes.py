@@ -112,7 +112,11 @@ class Run:
 
     def dnsmasq_bridges(self) -> set[str]:
         """The bridges that a running dnsmasq in the LANs' namespace serves."""
-        found = set()
+        return set(self.dnsmasq_pids())
+
+    def dnsmasq_pids(self) -> dict[str, int]:
+        """The pid of the dnsmasq that serves each bridge in the LANs' namespace."""
+        found = {}
         for entry in os.listdir("/proc"):
             try:
                 if os.stat(f"/proc/{entry}/ns/net").st_ino != self.inode:
@@ -121,7 +125,9 @@ class Run:
             except (OSError, ValueError):
                 continue
             if argv and argv[0].endswith(b"dnsmasq"):
-                found |= {a[12:].decode() for a in argv if a.startswith(b"--interface=")}
+                for arg in argv:
+                    if arg.startswith(b"--interface="):
+                        found[arg[12:].decode()] = int(entry)
         return found
 
     async def reaches_outside(self, client: LanClient) -> bool:
@@ -229,7 +235,8 @@ async def test_several_lans(world: NsFactory, runtime: Path, tmp_path: Path, mod
 async def test_kill_9_with_lans_up_then_restart(
     world: NsFactory, runtime: Path, tmp_path: Path, mode: str
 ) -> None:
-    """kill -9 of the server while two configured LANs and one made on demand are up:
+    """One LAN's dnsmasq killed is started again by the helper, the others' untouched.
+    Then kill -9 of the server while two configured LANs and one made on demand are up:
     nothing of any of them is left, and a new start builds them all again and stops
     cleanly (a start-up the leftovers of the first run could disturb)."""
     srv, (alice, carol), before = await _stage(
@@ -241,7 +248,20 @@ async def test_kill_9_with_lans_up_then_restart(
         await _connected(alice, carol)
         await carol.dhcp()
         assert await run.bridges() >= {"wsl-a", "wsl-b", "wsl-room"}
-        assert run.dnsmasq_bridges() == {"wsl-a", "wsl-b", "wsl-room"}
+        pids = run.dnsmasq_pids()
+        assert set(pids) == {"wsl-a", "wsl-b", "wsl-room"}
+        # One LAN's dnsmasq dies: the helper starts it again; the others' are untouched.
+        os.kill(pids["wsl-a"], signal.SIGKILL)
+        with trio.move_on_after(20):  # only a bound
+            while run.dnsmasq_pids().get("wsl-a", pids["wsl-a"]) == pids["wsl-a"]:
+                await trio.sleep(0.2)
+        again_pids = run.dnsmasq_pids()
+        assert again_pids["wsl-a"] != pids["wsl-a"], server.log.text()
+        assert {k: v for k, v in again_pids.items() if k != "wsl-a"} == {
+            k: v for k, v in pids.items() if k != "wsl-a"
+        }
+        lease = await alice.dhcp()  # from the new dnsmasq
+        assert ipaddress.IPv4Address(lease["ip"]) in NET("10.86.1.0/24"), lease
         server.send_signal(signal.SIGKILL)
         await server.wait()
         await _all_gone(run, before)
