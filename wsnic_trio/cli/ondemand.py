@@ -20,7 +20,7 @@ from wsnic_trio.core import Server
 from wsnic_trio.core.lanstate import LanState
 from wsnic_trio.errors import SetupError, first_error
 from wsnic_trio.host.dnsmasq import serve_dnsmasq
-from wsnic_trio.lan.rootless import open_backend
+from wsnic_trio.lan.modes import LanOpener, helper_of
 from wsnic_trio.transports.base import Rejection
 
 __all__ = ["OnDemandLans"]
@@ -34,9 +34,13 @@ _KICK_TIMEOUT = 10.0
 
 
 class OnDemandLans:
-    def __init__(self, config: Config, server: Server, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, config: Config, server: Server, nursery: trio.Nursery, open_lan: LanOpener
+    ) -> None:
         assert config.server.lan_pool is not None
         self.config = config
+        #: The mode's way to open a LAN (root: here; --user and rootless: its helper).
+        self.open_lan = open_lan
         self.server = server
         self.nursery = nursery
         self.pool = SubnetPool(config.server.lan_pool, config.server.lan_prefix)
@@ -136,11 +140,14 @@ class OnDemandLans:
             if any(s.config.lan.bridge == lan.bridge for s in self.server.lans.values()):
                 raise SetupError(f"its bridge name {lan.bridge} is taken by another LAN")
             view = self.config.view(lan)
-            async with open_backend(view, several=True) as backend:
-                state = LanState.make(name, view, backend, self.server.tokens, self.server.limiter)
+            async with self.open_lan(name, view) as backend:
+                # backend.config: the view as the backend made it (rootless: its lease file)
+                state = LanState.make(
+                    name, backend.config, backend, self.server.tokens, self.server.limiter
+                )
                 state.on_demand = True
                 async with trio.open_nursery() as nursery:
-                    if not lan.disable_dhcp:
+                    if not lan.disable_dhcp and helper_of(backend) is None:
                         await nursery.start(serve_dnsmasq, view, self.server.count_dnsmasq_restart)
                     if state.leases is not None:
                         nursery.start_soon(state.leases.watch)

@@ -26,9 +26,9 @@ from wsnic_trio.control.http import ApiListener, bind_api
 from wsnic_trio.control.start import load_api_tokens, start_control
 from wsnic_trio.core import Server
 from wsnic_trio.core.admission import TokenStore
-from wsnic_trio.errors import ConfigError
 from wsnic_trio.host.dnsmasq import serve_dnsmasq
 from wsnic_trio.lan.bridge import LanBackend
+from wsnic_trio.lan.modes import LanOpener, helper_of, open_lans
 from wsnic_trio.lan.privsep import (
     SeparatedLan,
     drop_privileges,
@@ -36,13 +36,7 @@ from wsnic_trio.lan.privsep import (
     socket_files,
     unreadable_files,
 )
-from wsnic_trio.lan.rootless import (
-    HelperLan,
-    RootlessLan,
-    choose_rootless,
-    has_net_admin,
-    open_backend,
-)
+from wsnic_trio.lan.rootless import RootlessLan, open_backend, this_mode
 from wsnic_trio.lan.services import clear_leftover_lans
 from wsnic_trio.net.listen import bind_all
 from wsnic_trio.transports import Transport, load_transports
@@ -89,28 +83,28 @@ async def run_server(
         if not transports:
             log.warning("no listener is configured: nothing can connect")
         several = list(config.all_lans()) != [DEFAULT_LAN] or config.server.lan_pool is not None
-        if several and account is not None:
-            raise ConfigError(
-                "several LANs (--lan, [lan.NAME], --lan-pool) run only as root for now, not "
-                "with --user"
-            )
-        if several:
-            on_demand = ", and LANs on demand" if config.server.lan_pool is not None else ""
-            log.info("mode: root mode, %d LANs%s", len(config.all_lans()), on_demand)
-        if account is None and not await _rootless(config):
+        if account is None and not (await this_mode(config))[0]:
             # What a killed run left of LANs this run does not make again (LANs made on
             # demand live on their name alone); this run's own LANs clear theirs.
             await clear_leftover_lans({config.for_lan(n).lan.bridge for n in config.all_lans()})
+        sockets = socket_files([*transports, *api_listeners]) if account is not None else []
         async with contextlib.AsyncExitStack() as stack:
             backends: dict[str, LanBackend] = {}
-            for name in config.all_lans():
+            open_lan: LanOpener | None = None
+            if several:
+                # One opener for the mode: the LANs of --user and rootless mode are all
+                # built by one helper, also those made on demand after the drop.
+                open_lan = await stack.enter_async_context(open_lans(config, account, sockets))
+                for name in config.all_lans():
+                    view = config.for_lan(name)
+                    backends[name] = await stack.enter_async_context(open_lan(name, view))
+            else:
                 backend: AbstractAsyncContextManager[LanBackend] = (
-                    open_backend(config.for_lan(name), several=several)
+                    open_backend(config.for_lan(DEFAULT_LAN))
                     if account is None
-                    else SeparatedLan(config, account, socket_files([*transports, *api_listeners]))
+                    else SeparatedLan(config, account, sockets)
                 )
-                backends[name] = await stack.enter_async_context(backend)
-            if not several:
+                backends[DEFAULT_LAN] = await stack.enter_async_context(backend)
                 # Rootless: the lease file is in the helper's run directory.
                 config = backends[DEFAULT_LAN].config
             server = Server(config, backends, transports, tokens)
@@ -120,8 +114,8 @@ async def run_server(
                 for problem in unreadable_files(config):
                     log.warning("as user %s: %s", account.user, problem)
             async with trio.open_nursery() as nursery:
-                if config.server.lan_pool is not None:
-                    server.maker = OnDemandLans(config, server, nursery)
+                if open_lan is not None and config.server.lan_pool is not None:
+                    server.maker = OnDemandLans(config, server, nursery, open_lan)
                     log.info(
                         "LANs on demand: /%d blocks of %s, at most %s, removed after %g s idle",
                         config.server.lan_prefix,
@@ -131,14 +125,14 @@ async def run_server(
                     )
                 for state in list(server.lans.values()):
                     view = state.config
-                    if not view.lan.disable_dhcp and not isinstance(state.backend, HelperLan):
+                    if not view.lan.disable_dhcp and helper_of(state.backend) is None:
                         await nursery.start(serve_dnsmasq, view, server.count_dnsmasq_restart)
                     watch_leases = view.lan.lock_ip or view.server.api or view.lan.forward
                     if state.leases is not None and watch_leases:
                         nursery.start_soon(state.leases.watch)
                 # Forwards open their remote side in the LAN's namespace (rootless: the
                 # helper makes the socket), else here.
-                main = backends.get(DEFAULT_LAN)
+                main = helper_of(backends[DEFAULT_LAN]) if DEFAULT_LAN in backends else None
                 open_remote: OpenRemote = (
                     main.open_remote if isinstance(main, RootlessLan) else open_remote_here
                 )
@@ -162,14 +156,6 @@ async def run_server(
             transport.close()
         for listener in api_listeners:
             listener.close()
-
-
-async def _rootless(config: Config) -> bool:
-    try:
-        status = await trio.Path("/proc/self/status").read_text()
-    except OSError:
-        status = ""
-    return choose_rootless(config, euid=os.geteuid(), net_admin=has_net_admin(status))[0]
 
 
 def raise_fd_limit() -> None:

@@ -103,18 +103,17 @@ class Server:
         self.tokens = tokens or TokenStore(None)
         #: The login brake, shared by every LAN (a guess is a guess on any of them).
         self.limiter = limiter = FailureLimiter()
-        backends = lan if isinstance(lan, Mapping) else {DEFAULT_LAN: lan}
-        #: Every LAN by name (``default`` for the one the LAN options configure).
-        self.lans: dict[str, LanState] = {
-            name: LanState.make(
-                name,
-                config.for_lan(name) if name != DEFAULT_LAN else config,
-                backend,
-                self.tokens,
-                limiter,
-            )
-            for name, backend in backends.items()
-        }
+        #: Every LAN by name (``default`` for the one the LAN options configure). Each
+        #: backend's config is its LAN's view (``Config.for_lan``) as the backend made it
+        #: (rootless: its lease file is in the helper's run directory).
+        self.lans: dict[str, LanState] = (
+            {
+                name: LanState.make(name, backend.config, backend, self.tokens, limiter)
+                for name, backend in lan.items()
+            }
+            if isinstance(lan, Mapping)
+            else {DEFAULT_LAN: LanState.make(DEFAULT_LAN, config, lan, self.tokens, limiter)}
+        )
         #: Whether LANs have names (a WebSocket path picks one): log lines then say which.
         self.named = len(self.lans) > 1 or DEFAULT_LAN not in self.lans
         # The first LAN (the default one, when it runs) for what has only one LAN yet:

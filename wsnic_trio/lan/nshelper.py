@@ -31,8 +31,11 @@ judges namespaces by /proc/PID/ns/net, which other users' processes do not let u
 and ``host_filter`` takes the uplink from the default route at set-up, while slirp4netns
 or pasta attach only afterwards (hence ``start``, with ``host_address`` added to the
 allowed addresses). ``probe_lan`` takes the account from ``geteuid()``, 0 in here. The requests
-differ too: ``--in-place`` answers one ``setup`` and then only ``tap``; here ``start``,
-``tap`` and ``connect`` come in any order, and an unshare failure answers all of them.
+differ too: ``--in-place`` answers one ``setup`` and then only ``tap`` (and ``add`` and
+``remove`` with several LANs); here ``start``, ``tap`` and ``connect`` come in any
+order, and an unshare failure answers all of them. Several LANs share the namespace
+and its uplink: ``setup`` builds none, each is an ``add`` with its own bridge, table
+(NAT or isolated) and dnsmasq, supervised by the same loop.
 Finally, Trio creates a child's ``Popen`` in a worker thread, so ``PR_SET_PDEATHSIG``
 would fire when that thread is retired: the Trio supervisor needs a watchdog process
 per dnsmasq, while one thread forking makes it exact here. What both could share is
@@ -65,20 +68,23 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from wsnic_trio.config import Config
+from wsnic_trio.config.lans import DEFAULT_LAN
 from wsnic_trio.errors import SetupError, WsnicError
 from wsnic_trio.host import netlink
 from wsnic_trio.host.dnsmasq import _binary, _bound, _classify, _why, dnsmasq_argv, dnsmasq_plan
-from wsnic_trio.host.nat import NatPlan, TableNote, build_ruleset
+from wsnic_trio.host.nat import NatPlan, TableNote, build_ruleset, delete_script
 from wsnic_trio.host.sysctl import IP_FORWARD, write_sysctl
 from wsnic_trio.lan.bridge import BRIDGE_MAC, _bridge_up, _forwarding
 from wsnic_trio.lan.nsproto import (
     MAX_MESSAGE,
+    HelperProtocolError,
     Reply,
     Request,
     config_from_wire,
     connect_args,
     decode_request,
     encode_reply,
+    lan_of,
 )
 from wsnic_trio.util.log import setup_logging
 
@@ -207,6 +213,21 @@ class _Dnsmasq:
     buf: bytes = b""
 
 
+@dataclasses.dataclass
+class _NsLan:
+    """One LAN in the namespace: its config, its run directory and its dnsmasq."""
+
+    name: str
+    config: Config
+    rundir: Path
+    dnsmasq: _Dnsmasq | None = None
+    dnsmasq_argv: list[str] = dataclasses.field(default_factory=list)
+    restart_at: float | None = None
+    #: What add() has made so far, for remove() (and for a failed add).
+    bridge_made: bool = False
+    table_made: bool = False
+
+
 class Helper:
     """The request handlers and the little state the helper keeps."""
 
@@ -217,9 +238,13 @@ class Helper:
         self.started = False
         self.config: Config | None = None
         self.rundir: Path | None = None
-        self.dnsmasq: _Dnsmasq | None = None
-        self.dnsmasq_argv: list[str] = []
-        self.restart_at: float | None = None
+        #: Several LANs (setup said so): each comes by add, none by setup.
+        self.several = False
+        #: The LANs, by name; the one LAN that setup builds is ``default``.
+        self.lans: dict[str, _NsLan] = {}
+        #: The uplink ``start`` named (several LANs: for each LAN that add NATs).
+        self.uplink: str | None = None
+        self.host_address: str | None = None
 
     # -- requests ---------------------------------------------------------------------
 
@@ -237,7 +262,25 @@ class Helper:
             return self.start(self.config, request), None
         if request.op == "connect":
             return connect(request)
-        return self.tap(self.config)
+        name = lan_of(request)
+        if request.op == "tap":
+            if not self.several and name == DEFAULT_LAN:
+                return self.tap(self.config)
+            return self.tap(self._lan(name).config)
+        if not self.several:
+            return Reply(False, error=f"{request.op}: this helper was set up for one LAN"), None
+        if not self.started:
+            return Reply(False, error=f"{request.op} before start"), None
+        if request.op == "add":
+            return self.add(name, config_from_wire(request.args["config"])), None
+        self.remove(self._lan(name))
+        return Reply(True), None
+
+    def _lan(self, name: str) -> _NsLan:
+        lan = self.lans.get(name)
+        if lan is None:
+            raise HelperProtocolError(f"no such LAN: {name}")
+        return lan
 
     def setup(self, request: Request) -> Reply:
         if self.config is not None:
@@ -245,67 +288,122 @@ class Helper:
         config = config_from_wire(request.args.get("config", {}))
         setup_logging(config.server.verbose, config.server.quiet, "wsnic-trio-nshelper")
         self.config = config
+        self.several = bool(request.args.get("several"))
         base = os.environ.get("XDG_RUNTIME_DIR") or None
         if base is not None and not os.access(base, os.W_OK):
             base = None
         self.rundir = Path(tempfile.mkdtemp(prefix="wsnic-trio-", dir=base))
         with IPRoute() as ipr:
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-        address = ipaddress.IPv4Interface(
-            f"{config.lan.bridge_address}/{config.lan.subnet.prefixlen}"
-        )
-        netlink.create_bridge(
-            config.lan.bridge, BRIDGE_MAC, address, config.lan.mtu, netlink.owner_alias("bridge")
-        )
-        self.probe(config)
-        if config.lan.enable_inet:
-            write_sysctl(IP_FORWARD, "1")  # this namespace's own forwarding switch
+        if self.several:
+            # Before the uplink (slirp4netns needs /dev/net/tun as well, and says less).
+            problem = tun_problem(self.user, ROOTLESS_DOCS, mode_matters=True)
+            if problem is not None:
+                raise SetupError(problem)
+            log.info("namespace made (helper pid %d) for several LANs", os.getpid())
+            return Reply(True, {"rundir": str(self.rundir), "pid": os.getpid()})
+        lan = self.lans[DEFAULT_LAN] = _NsLan(DEFAULT_LAN, config, self.rundir)
+        self._build_bridge(lan)
         log.info(
             "namespace ready (helper pid %d): bridge %s with %s",
             os.getpid(),
             config.lan.bridge,
-            address,
+            _address(config),
         )
         return Reply(True, {"rundir": str(self.rundir), "pid": os.getpid()})
 
+    def _build_bridge(self, lan: _NsLan) -> None:
+        config = lan.config
+        lan_ = config.lan
+        alias = netlink.owner_alias("bridge")
+        netlink.create_bridge(lan_.bridge, BRIDGE_MAC, _address(config), lan_.mtu, alias)
+        lan.bridge_made = True
+        self.probe(config)
+        if config.lan.enable_inet or config.lan.route_to:
+            write_sysctl(IP_FORWARD, "1")  # this namespace's own forwarding switch
+
     def start(self, config: Config, request: Request) -> Reply:
         uplink = request.args.get("uplink")
+        host = request.args.get("host_address")
+        if self.several:
+            self.uplink, self.host_address = uplink, host
+            return Reply(True)
         if uplink is not None:
-            host = request.args.get("host_address")
-            allowed = list(config.lan.allow_private)
-            if host is not None:
-                allowed.append(ipaddress.IPv4Network(f"{host}/32"))
-            plan = NatPlan(
-                bridge=config.lan.bridge,
-                subnet=config.lan.subnet,
-                bridge_address=config.lan.bridge_address,
-                uplink=str(uplink),
-                allow_private=allowed,
-                note=TableNote(os.getpid(), config.lan.bridge, "1"),
-            )
-            nft = shutil.which("nft") or "nft"
-            result = subprocess.run(
-                [nft, "-f", "-"], input=build_ruleset(plan).encode(), capture_output=True
-            )
-            if result.returncode != 0:
-                raise SetupError(f"nft failed: {result.stderr.decode(errors='replace').strip()}")
+            self._apply_table(config, uplink, host)
             log.info("NAT on: %s masqueraded out of %s", config.lan.subnet, uplink)
+        lan = self.lans.get(DEFAULT_LAN)
         if not config.lan.disable_dhcp:
             assert self.rundir is not None
-            binary = _binary()
-            if binary is None:
-                raise SetupError("dnsmasq is not installed (Debian: apt-get install dnsmasq-base)")
-            plan_d = dnsmasq_plan(config, self.rundir)
-            # As the namespace's root: no switch to "nobody" (unmapped here), no group
-            # change (only our own gid exists), and no ICMP probing of offered addresses.
-            self.dnsmasq_argv = [
-                *dnsmasq_argv(plan_d, binary),
-                "--user=root",
-                "--group=",
-                "--no-ping",
-            ]
-            self._start_dnsmasq()
+            if lan is None:  # only a test sets a config without setup
+                lan = self.lans[DEFAULT_LAN] = _NsLan(DEFAULT_LAN, config, self.rundir)
+            self._start_dnsmasq(lan)
         return Reply(True)
+
+    def _apply_table(self, config: Config, uplink: str | None, host: str | None) -> None:
+        """The LAN's nftables table: its NAT out of ``uplink``, or (None) no forwarding
+        into or out of its bridge at all, as root mode's host filter."""
+        allowed = list(config.lan.allow_private)
+        if host is not None and uplink is not None:
+            allowed.append(ipaddress.IPv4Network(f"{host}/32"))
+        plan = NatPlan(
+            bridge=config.lan.bridge,
+            subnet=config.lan.subnet,
+            bridge_address=config.lan.bridge_address,
+            uplink=uplink,
+            allow_private=allowed,
+            note=TableNote(os.getpid(), config.lan.bridge, "1"),
+            route_to=config.lan.route_to,
+        )
+        _nft(build_ruleset(plan))
+
+    def add(self, name: str, config: Config) -> Reply:
+        """Another LAN (several LANs): bridge, table (NAT if the LAN has it, else an
+        isolated LAN), dnsmasq. A failure undoes what this add made."""
+        if name in self.lans:
+            raise HelperProtocolError(f"LAN {name} exists already")
+        if any(lan.config.lan.bridge == config.lan.bridge for lan in self.lans.values()):
+            raise HelperProtocolError(f"bridge {config.lan.bridge} is another LAN's")
+        uplink = self.uplink if config.lan.enable_inet else None
+        if config.lan.enable_inet and uplink is None:
+            raise SetupError(f"LAN {name} has --enable-inet, but the namespace has no uplink")
+        assert self.rundir is not None
+        rundir = self.rundir / name
+        rundir.mkdir(mode=0o700)
+        lan = _NsLan(name, config, rundir)
+        try:
+            self._build_bridge(lan)
+            self._apply_table(config, uplink, self.host_address)
+            lan.table_made = True
+            if not config.lan.disable_dhcp:
+                self._start_dnsmasq(lan)
+        except BaseException:
+            self._undo(lan)
+            raise
+        self.lans[name] = lan
+        log.info(
+            "LAN %s ready in the namespace: bridge %s with %s, %s",
+            name,
+            config.lan.bridge,
+            _address(config),
+            f"NAT out of {uplink}" if uplink else "isolated",
+        )
+        return Reply(True, {"rundir": str(rundir)})
+
+    def remove(self, lan: _NsLan) -> None:
+        del self.lans[lan.name]
+        self._undo(lan)
+        log.info("LAN %s removed from the namespace", lan.name)
+
+    def _undo(self, lan: _NsLan) -> None:
+        self.stop_dnsmasq(lan)
+        if lan.table_made:
+            with contextlib.suppress(SetupError, OSError):
+                _nft(delete_script(lan.config.lan.bridge))
+        if lan.bridge_made:
+            with contextlib.suppress(OSError, NetlinkError):
+                netlink.delete_link(lan.config.lan.bridge)
+        if lan.rundir != self.rundir:
+            shutil.rmtree(lan.rundir, ignore_errors=True)
 
     def probe(self, config: Config) -> None:
         """Make and remove one TAP as a client will need it (SetupError if that fails):
@@ -331,10 +429,21 @@ class Helper:
 
     # -- dnsmasq ----------------------------------------------------------------------
 
-    def _start_dnsmasq(self) -> None:
-        assert self.config is not None
+    def _start_dnsmasq(self, lan: _NsLan) -> None:
+        if not lan.dnsmasq_argv:
+            binary = _binary()
+            if binary is None:
+                raise SetupError("dnsmasq is not installed (Debian: apt-get install dnsmasq-base)")
+            # As the namespace's root: no switch to "nobody" (unmapped here), no group
+            # change (only our own gid exists), and no ICMP probing of offered addresses.
+            lan.dnsmasq_argv = [
+                *dnsmasq_argv(dnsmasq_plan(lan.config, lan.rundir), binary),
+                "--user=root",
+                "--group=",
+                "--no-ping",
+            ]
         proc = subprocess.Popen(
-            self.dnsmasq_argv,
+            lan.dnsmasq_argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -342,27 +451,27 @@ class Helper:
         )
         assert proc.stderr is not None
         os.set_blocking(proc.stderr.fileno(), False)
-        self.dnsmasq = dm = _Dnsmasq(proc, [])
-        address = self.config.lan.bridge_address
+        lan.dnsmasq = dm = _Dnsmasq(proc, [])
+        address = lan.config.lan.bridge_address
         deadline = time.monotonic() + _START_TIMEOUT
         started = False
         while time.monotonic() < deadline:
-            said_started, eof = self._pump_dnsmasq()
+            said_started, eof = self._pump_dnsmasq(lan)
             started = started or said_started
             if eof:
                 tail = list(dm.tail)
-                self.stop_dnsmasq()
+                self.stop_dnsmasq(lan)
                 raise SetupError(f"dnsmasq could not start: {_why(tail)}")
             if started and _bound(proc.pid, address):
                 log.info("dnsmasq ready (pid %d) on %s", proc.pid, address)
                 return
             select.select([proc.stderr], [], [], 0.02)
-        self.stop_dnsmasq()
+        self.stop_dnsmasq(lan)
         raise SetupError(f"dnsmasq not serving after {_START_TIMEOUT:g} s")
 
-    def _pump_dnsmasq(self) -> tuple[bool, bool]:
+    def _pump_dnsmasq(self, lan: _NsLan) -> tuple[bool, bool]:
         """Relay what dnsmasq logged: (it said it started, its stderr is at EOF)."""
-        dm = self.dnsmasq
+        dm = lan.dnsmasq
         if dm is None or dm.proc.stderr is None:
             return False, False
         started = False
@@ -385,8 +494,9 @@ class Helper:
             started = started or text.startswith("started, version")
         return started, False
 
-    def stop_dnsmasq(self) -> None:
-        dm, self.dnsmasq = self.dnsmasq, None
+    def stop_dnsmasq(self, lan: _NsLan) -> None:
+        dm, lan.dnsmasq = lan.dnsmasq, None
+        lan.restart_at = None
         if dm is None:
             return
         if dm.proc.poll() is None:
@@ -399,37 +509,43 @@ class Helper:
         if dm.proc.stderr is not None:
             dm.proc.stderr.close()
 
+    def _restart_dnsmasq(self, lan: _NsLan) -> None:
+        lan.restart_at = None
+        try:
+            self._start_dnsmasq(lan)
+        except (SetupError, OSError) as exc:
+            log.error("%s; next try in 5 s", exc)
+            lan.restart_at = time.monotonic() + 5.0
+
+    def _watch_dnsmasq(self, lan: _NsLan, readable: list[int]) -> None:
+        dm = lan.dnsmasq
+        if dm is None or dm.proc.stderr is None or dm.proc.stderr.fileno() not in readable:
+            return
+        _, eof = self._pump_dnsmasq(lan)
+        if eof:
+            code = dm.proc.wait()
+            log.error("dnsmasq ended unexpectedly (exit %s); restarting in 1 s", code)
+            self.stop_dnsmasq(lan)
+            lan.restart_at = time.monotonic() + 1.0
+
     # -- the loop ---------------------------------------------------------------------
 
     def serve(self) -> None:
         """Answer requests until the server's end of the socket closes."""
         while True:
             watched: list[int] = [self.sock.fileno()]
-            dm = self.dnsmasq
-            if dm is not None and dm.proc.stderr is not None:
-                watched.append(dm.proc.stderr.fileno())
-            timeout = None
-            if self.restart_at is not None:
-                timeout = max(0.0, self.restart_at - time.monotonic())
+            restarts: list[float] = []
+            for lan in self.lans.values():
+                if lan.dnsmasq is not None and lan.dnsmasq.proc.stderr is not None:
+                    watched.append(lan.dnsmasq.proc.stderr.fileno())
+                if lan.restart_at is not None:
+                    restarts.append(lan.restart_at)
+            timeout = max(0.0, min(restarts) - time.monotonic()) if restarts else None
             readable, _, _ = select.select(watched, [], [], timeout)
-            if self.restart_at is not None and time.monotonic() >= self.restart_at:
-                self.restart_at = None
-                try:
-                    self._start_dnsmasq()
-                except (SetupError, OSError) as exc:
-                    log.error("%s; next try in 5 s", exc)
-                    self.restart_at = time.monotonic() + 5.0
-            if (
-                dm is not None
-                and dm.proc.stderr is not None
-                and dm.proc.stderr.fileno() in readable
-            ):
-                _, eof = self._pump_dnsmasq()
-                if eof:
-                    code = dm.proc.wait()
-                    log.error("dnsmasq ended unexpectedly (exit %s); restarting in 1 s", code)
-                    self.stop_dnsmasq()
-                    self.restart_at = time.monotonic() + 1.0
+            for lan in list(self.lans.values()):
+                if lan.restart_at is not None and time.monotonic() >= lan.restart_at:
+                    self._restart_dnsmasq(lan)
+                self._watch_dnsmasq(lan, readable)
             if self.sock.fileno() in readable and not self._one_request():
                 return
 
@@ -458,9 +574,21 @@ class Helper:
         return True
 
     def cleanup(self) -> None:
-        self.stop_dnsmasq()
+        for lan in self.lans.values():
+            self.stop_dnsmasq(lan)
         if self.rundir is not None:
             shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+def _address(config: Config) -> ipaddress.IPv4Interface:
+    return ipaddress.IPv4Interface(f"{config.lan.bridge_address}/{config.lan.subnet.prefixlen}")
+
+
+def _nft(script: str) -> None:
+    nft = shutil.which("nft") or "nft"
+    result = subprocess.run([nft, "-f", "-"], input=script.encode(), capture_output=True)
+    if result.returncode != 0:
+        raise SetupError(f"nft failed: {result.stderr.decode(errors='replace').strip()}")
 
 
 def _create_tap(config: Config) -> tuple[int, str]:

@@ -21,6 +21,20 @@ the single-threaded helper never waits for a remote host.
                                     <-       ok {} + fd   (a port forward's remote side)
     ...                                      EOF: stop dnsmasq, exit (the namespace goes)
 
+Several LANs (``--lan``, ``--lan-pool``) share one helper: ``setup`` carries
+``several: true`` and builds no LAN (only what all share: the namespace, the rootless
+uplink's ``start``), then each LAN is its own request, named as in the URL:
+
+    add {lan, config}               ->       its bridge, filter/NAT table, dnsmasq
+                                    <-       ok {rundir}
+    tap {lan}                       ->       a TAP on that LAN's bridge
+                                    <-       ok {name} + fd
+    remove {lan}                    ->       dnsmasq, table and bridge of that LAN gone
+                                    <-       ok {}
+
+A ``tap`` without ``lan`` is the LAN that ``setup`` built (one LAN, as before). A
+request naming a LAN the helper does not have is an error reply, like any other.
+
 This module is sans-IO: it turns requests and replies into bytes and back, checks
 them (every argument of every request has a known name and type, so a malformed request
 is refused here, as one error reply, and no handler ever sees it), and converts a
@@ -38,6 +52,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from wsnic_trio.config import OPTIONS, Config
+from wsnic_trio.config.lans import DEFAULT_LAN, check_lan_name
 from wsnic_trio.errors import WsnicError
 
 __all__ = [
@@ -54,11 +69,12 @@ __all__ = [
     "decode_request",
     "encode_reply",
     "encode_request",
+    "lan_of",
 ]
 
 #: Largest message either side sends or accepts (a whole Config is a few KiB).
 MAX_MESSAGE = 64 * 1024
-OPS = ("setup", "start", "tap", "connect")
+OPS = ("setup", "start", "tap", "connect", "add", "remove")
 #: Requests whose reply carries one file descriptor.
 FD_OPS = ("tap", "connect")
 PROTOCOLS = ("tcp", "udp")
@@ -153,17 +169,38 @@ def _is_ipv4(value: Any) -> bool:
     return True
 
 
+def _is_flag(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_lan(value: Any) -> bool:
+    try:
+        check_lan_name(value if isinstance(value, str) else "")
+    except ValueError:
+        return False
+    return True
+
+
 def _any(value: Any) -> bool:
     return True  # checked as a whole by connect_args
 
 
 #: The arguments each request may carry, and what each must look like.
 _ARGS: dict[str, dict[str, Callable[[Any], bool]]] = {
-    "setup": {"config": _is_config, "owner": _is_owner, "sockets": _is_sockets},
+    "setup": {
+        "config": _is_config,
+        "owner": _is_owner,
+        "sockets": _is_sockets,
+        "several": _is_flag,
+    },
     "start": {"uplink": _is_ifname, "host_address": _is_ipv4},
-    "tap": {},
+    "tap": {"lan": _is_lan},
     "connect": {"protocol": _any, "host": _any, "port": _any},
+    "add": {"lan": _is_lan, "config": _is_config},
+    "remove": {"lan": _is_lan},
 }
+#: The arguments a request cannot do without.
+_REQUIRED: dict[str, tuple[str, ...]] = {"add": ("lan", "config"), "remove": ("lan",)}
 
 
 def _check_request(op: Any, args: Any) -> Request:
@@ -178,6 +215,9 @@ def _check_request(op: Any, args: Any) -> Request:
             raise HelperProtocolError(f"{op}: unknown argument {key!r:.40}")
         if not check(value):
             raise HelperProtocolError(f"{op}: bad {key} {value!r:.60}")
+    for key in _REQUIRED.get(op, ()):
+        if key not in args:
+            raise HelperProtocolError(f"{op}: {key} is missing")
     request = Request(op, args)
     if op == "connect":
         connect_args(request)
@@ -221,6 +261,12 @@ def decode_reply(data: bytes) -> Reply:
     raise HelperProtocolError("a reply needs ok: true or false")
 
 
+def lan_of(request: Request) -> str:
+    """The LAN a ``tap``, ``add`` or ``remove`` is for (checked when decoded); a ``tap``
+    without one is for the LAN ``setup`` built, which the helper keeps as ``default``."""
+    return str(request.args.get("lan", DEFAULT_LAN))
+
+
 # -- connect: the remote side of a port forward ------------------------------------------
 
 
@@ -259,10 +305,20 @@ def _wire_value(kind: str, value: Any) -> Any:
     return "" if value is None else str(value)
 
 
-def config_to_wire(config: Config) -> dict[str, Any]:
-    """Every option as JSON values, in the syntax a config file would use."""
+#: The server's options that say which LANs exist: one LAN's config (``add``, and the
+#: ``setup`` of several LANs) is that LAN alone, so they do not go with it.
+_LAN_LIST = ("lan", "lan_pool", "no_default_lan")
+
+
+def config_to_wire(config: Config, *, one_lan: bool = False) -> dict[str, Any]:
+    """Every option as JSON values, in the syntax a config file would use; with
+    ``one_lan``, ``config`` is one LAN's view (``Config.for_lan``) and is sent as such."""
     values = config.values()
-    return {name: _wire_value(spec.kind, values[name]) for name, spec in OPTIONS.items()}
+    return {
+        name: _wire_value(spec.kind, values[name])
+        for name, spec in OPTIONS.items()
+        if not (one_lan and name in _LAN_LIST)
+    }
 
 
 def config_from_wire(values: Mapping[str, Any]) -> Config:

@@ -8,10 +8,12 @@ with its leftover detection and "not ours" refusal, :func:`lan_services` with NA
 the ``ip_forward`` record and restore, the supervised dnsmasq with its restarts), and
 hands the server a TAP fd per peer over the seqpacket socket, exactly as in rootless
 mode (``nsproto``); it tries one TAP before it reports the LAN ready, and after set-up
-it answers nothing but ``tap``. Then the server drops every privilege for good:
-supplementary groups, gid, uid (glibc applies ``setuid`` to every thread, which matters
-because Trio makes netlink calls from worker threads), and checks that no thread kept a
-capability and that ``setuid(0)`` fails.
+it answers nothing but ``tap``. With several LANs there is still one helper: ``setup``
+builds none, and each LAN is an ``add`` (built as above) until its ``remove``, so the
+LANs made on demand after the drop are built as root too. Then the server drops every
+privilege for good: supplementary groups, gid, uid (glibc applies ``setuid`` to every
+thread, which matters because Trio makes netlink calls from worker threads), and checks
+that no thread kept a capability and that ``setuid(0)`` fails.
 
 Capabilities are per thread and the server would need more than ``CAP_NET_ADMIN``
 anyway (dnsmasq restarts, nft clean-up and the sysctl restore at exit), so the server
@@ -36,7 +38,7 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,7 +47,8 @@ import trio
 from pyroute2.netlink.exceptions import NetlinkError
 
 from wsnic_trio.config import Config
-from wsnic_trio.errors import ConfigError, SetupError, WsnicError
+from wsnic_trio.config.lans import DEFAULT_LAN
+from wsnic_trio.errors import ConfigError, SetupError, WsnicError, first_error
 from wsnic_trio.host.dnsmasq import serve_dnsmasq
 from wsnic_trio.host.paths import RUN_ROOT, release_run_root
 from wsnic_trio.lan.bridge import Lan
@@ -58,8 +61,9 @@ from wsnic_trio.lan.nsproto import (
     config_to_wire,
     decode_request,
     encode_reply,
+    lan_of,
 )
-from wsnic_trio.lan.rootless import HelperLan, probe_lan
+from wsnic_trio.lan.rootless import HelperLan, HelperPart, probe_lan
 from wsnic_trio.lan.services import lan_services
 from wsnic_trio.util.log import setup_logging
 
@@ -238,26 +242,46 @@ class SeparatedLan(HelperLan):
     helper_name = "privileged helper"
 
     def __init__(
-        self, config: Config, account: Account, sockets: Sequence[tuple[str, int, int]] = ()
+        self,
+        config: Config,
+        account: Account,
+        sockets: Sequence[tuple[str, int, int]] = (),
+        *,
+        several: bool = False,
     ) -> None:
         super().__init__(config)
         self.account = account
         self.sockets = list(sockets)
+        #: Several LANs: the helper builds none at set-up, each comes by open_lan().
+        self.several = several
 
     async def _start(self) -> None:
-        log.info("mode: root mode, privilege separation (--user %s)", self.account.user)
+        if not self.several:
+            log.info("mode: root mode, privilege separation (--user %s)", self.account.user)
         await self._spawn_helper()
         await self._call(
             Request(
                 "setup",
                 {
-                    "config": config_to_wire(self.config),
+                    "config": config_to_wire(self.config, one_lan=self.several),
                     "owner": [self.account.uid, self.account.gid],
                     "sockets": [list(s) for s in self.sockets],
+                    **({"several": True} if self.several else {}),
                 },
             )
         )
-        log.info("LAN ready: bridge %s, kept by the helper (pid %d, root)", *self._ids())
+        if not self.several:
+            log.info("LAN ready: bridge %s, kept by the helper (pid %d, root)", *self._ids())
+        else:
+            log.info("LANs kept by the helper (pid %d, root)", self.helper_pid)
+
+    def _ready(self, part: HelperPart) -> None:
+        log.info(
+            "LAN %s built: bridge %s, kept by the helper (pid %d, root)",
+            part.name,
+            part.bridge,
+            self.helper_pid,
+        )
 
     def _ids(self) -> tuple[str, int]:
         assert self.helper_pid is not None
@@ -329,8 +353,13 @@ class _TapMaker(Protocol):
     async def create_tap(self) -> tuple[int, str]: ...
 
 
-async def _answer_taps(sock: trio.socket.SocketType, lan: _TapMaker) -> None:
-    """Answer ``tap`` requests until the server's end of the socket closes."""
+#: A request handler after set-up: (reply, fd to pass with it or None).
+_Handler = Callable[[Request], Awaitable[tuple[Reply, int | None]]]
+
+
+async def _answer(sock: trio.socket.SocketType, handle: _Handler) -> None:
+    """Answer requests until the server's end of the socket closes: each one, malformed
+    or failing, gets one reply and the loop goes on."""
     while True:
         data = await sock.recv(MAX_MESSAGE + 1)
         if not data:
@@ -338,11 +367,7 @@ async def _answer_taps(sock: trio.socket.SocketType, lan: _TapMaker) -> None:
             return
         fd: int | None = None
         try:
-            request = decode_request(data)
-            if request.op != "tap":
-                raise HelperProtocolError(f"{request.op} is not valid after setup")
-            fd, name = await lan.create_tap()
-            reply = Reply(True, {"name": name})
+            reply, fd = await handle(decode_request(data))
         except (WsnicError, OSError) as exc:
             reply = Reply(False, error=str(exc))
         except NetlinkError as exc:
@@ -354,6 +379,115 @@ async def _answer_taps(sock: trio.socket.SocketType, lan: _TapMaker) -> None:
         finally:
             if fd is not None:
                 os.close(fd)  # the TAP now lives as long as the server's copy
+
+
+async def _answer_taps(sock: trio.socket.SocketType, lan: _TapMaker) -> None:
+    """Answer ``tap`` requests (one LAN) until the server's end of the socket closes."""
+
+    async def handle(request: Request) -> tuple[Reply, int | None]:
+        if request.op != "tap":
+            raise HelperProtocolError(f"{request.op} is not valid after setup")
+        if lan_of(request) != DEFAULT_LAN:
+            raise HelperProtocolError(f"no such LAN: {lan_of(request)}")
+        fd, name = await lan.create_tap()
+        return Reply(True, {"name": name}), fd
+
+    await _answer(sock, handle)
+
+
+@contextlib.asynccontextmanager
+async def _built_lan(config: Config, owner: tuple[int, int]) -> AsyncIterator[Lan]:
+    """One LAN as root mode builds it (bridge, trial TAP, leftovers, host filter and
+    NAT, supervised dnsmasq), for as long as the block runs."""
+    async with Lan(config) as lan:
+        await probe_lan(lan, _DOCS)
+        async with lan_services(config), trio.open_nursery() as nursery:
+            if not config.lan.disable_dhcp:
+                # The lease file becomes the server user's (mode 0600) before dnsmasq
+                # opens it: only that user and root may read it, and dnsmasq rewrites
+                # it in place, so owner and mode survive every update. It is handed
+                # over through its open fd, and only in a directory that only root
+                # can change (the user could otherwise put a link to any file there).
+                await nursery.start(partial(serve_dnsmasq, config, lease_owner=owner))
+            yield lan
+            nursery.cancel_scope.cancel()
+
+
+@dataclasses.dataclass
+class _Running:
+    lan: Lan
+    scope: trio.CancelScope
+    gone: trio.Event
+
+
+class _Lans:
+    """The LANs of a helper that serves several (``setup`` with ``several``): each one
+    a task of the helper's nursery that owns all of it, made by ``add`` and ended by
+    ``remove`` (or by EOF, which ends them all)."""
+
+    def __init__(self, nursery: trio.Nursery, owner: tuple[int, int]) -> None:
+        self.nursery = nursery
+        self.owner = owner
+        self.lans: dict[str, _Running] = {}
+        self._busy: set[str] = set()
+
+    def _get(self, name: str) -> _Running:
+        running = self.lans.get(name)
+        if running is None:
+            raise HelperProtocolError(f"no such LAN: {name}")
+        return running
+
+    async def handle(self, request: Request) -> tuple[Reply, int | None]:
+        name = lan_of(request)
+        if request.op == "tap":
+            fd, tap = await self._get(name).lan.create_tap()
+            return Reply(True, {"name": tap}), fd
+        if request.op == "add":
+            return await self._add(name, config_from_wire(request.args["config"])), None
+        if request.op == "remove":
+            running = self._get(name)
+            running.scope.cancel()
+            await running.gone.wait()
+            return Reply(True), None
+        raise HelperProtocolError(f"{request.op} is not valid after setup")
+
+    async def _add(self, name: str, config: Config) -> Reply:
+        if name in self.lans:
+            raise HelperProtocolError(f"LAN {name} exists already")
+        taken = {r.lan.bridge for r in self.lans.values()}
+        if config.lan.bridge in taken:
+            raise HelperProtocolError(f"bridge {config.lan.bridge} is another LAN's")
+        try:
+            await self.nursery.start(self._run, name, config)
+        except Exception as exc:  # also a group of them (the LAN's own nursery)
+            error = first_error(exc)
+            if not isinstance(error, WsnicError | OSError | NetlinkError):
+                raise
+            raise SetupError(_error_text(error)) from None
+        return Reply(True, {"bridge": config.lan.bridge})
+
+    async def _run(self, name: str, config: Config, *, task_status: trio.TaskStatus[None]) -> None:
+        running: _Running | None = None
+        try:
+            with trio.CancelScope() as scope:
+                async with _built_lan(config, self.owner) as lan:
+                    running = self.lans[name] = _Running(lan, scope, trio.Event())
+                    task_status.started()
+                    await trio.sleep_forever()
+        except Exception as exc:  # after add's reply: this LAN ends, the others go on
+            if running is None:
+                raise
+            error = first_error(exc)
+            expected = isinstance(error, WsnicError | OSError | NetlinkError)
+            log.error("LAN %s failed: %s", name, _error_text(error), exc_info=not expected)
+        finally:
+            if running is not None:
+                del self.lans[name]
+                running.gone.set()
+
+
+def _error_text(error: BaseException) -> str:
+    return f"netlink: {os.strerror(error.code)}" if isinstance(error, NetlinkError) else str(error)
 
 
 async def _session(sock: trio.socket.SocketType) -> None:
@@ -373,27 +507,19 @@ async def _session(sock: trio.socket.SocketType) -> None:
     sockets = request.args.get("sockets", [])
     replied = False
     try:
-        async with Lan(config) as lan:
-            await probe_lan(lan, _DOCS)
-            async with lan_services(config), trio.open_nursery() as nursery:
-                if not config.lan.disable_dhcp:
-                    # The lease file becomes the server user's (mode 0600) before dnsmasq
-                    # opens it: only that user and root may read it, and dnsmasq rewrites
-                    # it in place, so owner and mode survive every update. It is handed
-                    # over through its open fd, and only in a directory that only root
-                    # can change (the user could otherwise put a link to any file there).
-                    await nursery.start(partial(serve_dnsmasq, config, lease_owner=(uid, gid)))
+        if request.args.get("several"):
+            async with trio.open_nursery() as nursery:
                 await _send(sock, Reply(True, {"pid": os.getpid()}))
                 replied = True
-                await _answer_taps(sock, lan)
+                await _answer(sock, _Lans(nursery, (uid, gid)).handle)
                 nursery.cancel_scope.cancel()
+            return
+        async with _built_lan(config, (uid, gid)) as lan:
+            await _send(sock, Reply(True, {"pid": os.getpid()}))
+            replied = True
+            await _answer_taps(sock, lan)
     except* (WsnicError, OSError, NetlinkError) as group:
-        error = group.exceptions[0]
-        while isinstance(error, BaseExceptionGroup):
-            error = error.exceptions[0]
-        text = (
-            f"netlink: {os.strerror(error.code)}" if isinstance(error, NetlinkError) else str(error)
-        )
+        text = _error_text(first_error(group))
         if replied:
             log.error("the LAN failed: %s", text)
         else:

@@ -58,6 +58,7 @@ from wsnic_trio.lan.services import lan_services
 __all__ = [
     "SLIRP_HOST",
     "HelperLan",
+    "HelperPart",
     "RootlessLan",
     "choose_rootless",
     "has_net_admin",
@@ -65,6 +66,7 @@ __all__ = [
     "pasta_argv",
     "probe_lan",
     "slirp4netns_argv",
+    "this_mode",
     "uplink_dns",
 ]
 
@@ -318,10 +320,14 @@ class HelperLan:
             raise
         return reply, (fds[0] if fds else None)
 
-    @contextlib.asynccontextmanager
-    async def open_tap(self) -> AsyncIterator[TapDevice]:
+    def open_tap(self) -> contextlib.AbstractAsyncContextManager[TapDevice]:
         """A fresh TAP on the bridge, made by the helper; deleted when the block ends."""
-        reply, fd = await self._exchange(Request("tap"))
+        return self._open_tap(None)
+
+    @contextlib.asynccontextmanager
+    async def _open_tap(self, lan: str | None) -> AsyncIterator[TapDevice]:
+        args = {} if lan is None else {"lan": lan}
+        reply, fd = await self._exchange(Request("tap", args))
         if fd is None:
             raise HelperProtocolError("the helper's tap reply carried no fd")
         tap = TapDevice(fd, str(reply.values.get("name", "?")))
@@ -330,6 +336,55 @@ class HelperLan:
         finally:
             tap.close()
 
+    # -- several LANs: one helper, a LAN per add/remove --------------------------------
+
+    @contextlib.asynccontextmanager
+    async def open_lan(self, name: str, config: Config) -> AsyncIterator[HelperPart]:
+        """LAN ``name`` (``config`` is its view, ``Config.for_lan``), built by this
+        helper, which must have been set up for several LANs; removed when the block
+        ends (and with all the others when the helper goes)."""
+        wire = config_to_wire(self._wire(config), one_lan=True)
+        reply = await self._call(Request("add", {"lan": name, "config": wire}))
+        try:
+            part = HelperPart(self, name, self._effective(config, reply))
+            self._ready(part)
+            yield part
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._remove(name)
+
+    async def _remove(self, name: str) -> None:
+        if self._sock is None or self._broken is not None:
+            return  # the helper goes (or went) with every LAN
+        try:
+            await self._call(Request("remove", {"lan": name}))
+        except (SetupError, HelperProtocolError) as exc:
+            log.warning("LAN %s: the %s did not remove it: %s", name, self.helper_name, exc)
+
+    def _wire(self, config: Config) -> Config:
+        """A LAN's config as the helper gets it."""
+        return config
+
+    def _effective(self, config: Config, reply: Reply) -> Config:
+        """A LAN's config as the server uses it, once the helper built it."""
+        return config
+
+    def _ready(self, part: HelperPart) -> None:
+        """Say that a LAN is up (the log line of this mode)."""
+
+
+class HelperPart:
+    """One of the LANs of a helper that serves several: the LAN backend of that LAN."""
+
+    def __init__(self, helper: HelperLan, name: str, config: Config) -> None:
+        self.helper = helper
+        self.name = name
+        self.config = config
+        self.bridge = config.lan.bridge
+
+    def open_tap(self) -> contextlib.AbstractAsyncContextManager[TapDevice]:
+        return self.helper._open_tap(self.name)
+
 
 class RootlessLan(HelperLan):
     """The LAN of rootless mode; ``config`` is the effective one (its lease file is the
@@ -337,10 +392,15 @@ class RootlessLan(HelperLan):
 
     helper_name = "rootless helper"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, lans: Sequence[Config] | None = None) -> None:
+        """``lans``: several LANs, one namespace. Each comes by :meth:`open_lan`; these
+        are the views (``Config.for_lan``) of those known at start and of the LANs made
+        on demand, which say whether the namespace needs its uplink."""
         super().__init__(config)
         self.rundir: Path | None = None
         self._uplink: _Uplink | None = None
+        self.lans = None if lans is None else list(lans)
+        self._uplink_dns = uplink_dns(config) is not None
 
     async def open_remote(self, protocol: str, host: str, port: int) -> trio.socket.SocketType:
         """A socket connected to ``host:port`` from inside the LAN's namespace: the
@@ -367,6 +427,9 @@ class RootlessLan(HelperLan):
         return sock
 
     async def _start(self) -> None:
+        if self.lans is not None:
+            await self._start_several(self.lans)
+            return
         config = self.config
         await trio.to_thread.run_sync(_check_prerequisites, config)
         await self._spawn_helper()
@@ -401,6 +464,51 @@ class RootlessLan(HelperLan):
             else ", no uplink (no --enable-inet)",
         )
 
+    async def _start_several(self, lans: Sequence[Config]) -> None:
+        """The namespace and its one uplink, and no LAN yet (see :meth:`open_lan`)."""
+        for lan in lans:
+            await trio.to_thread.run_sync(_check_prerequisites, lan)
+        await self._spawn_helper()
+        setup = {"config": config_to_wire(self.config, one_lan=True), "several": True}
+        reply = await self._call(Request("setup", setup))
+        self.rundir = Path(str(reply.values["rundir"]))
+        self._uplink_dns = any(uplink_dns(lan) is not None for lan in lans)
+        uplink_device: str | None = None
+        host_address: str | None = None
+        if any(lan.lan.enable_inet for lan in lans):
+            uplink_device, host_address = await self._start_uplink()
+        await self._call(Request("start", {"uplink": uplink_device, "host_address": host_address}))
+        if self._uplink_dns:
+            log.info(
+                "DNS: forwarding non-LAN names to the DNS forwarder of %s (it asks this "
+                "host's resolvers, from /etc/resolv.conf)",
+                self.config.server.uplink,
+            )
+        log.info(
+            "rootless namespace up: helper pid %d%s",
+            self.helper_pid,
+            f", uplink {self.config.server.uplink}" if uplink_device else ", no uplink",
+        )
+
+    def _wire(self, config: Config) -> Config:
+        dns = uplink_dns(config)
+        # The helper's dnsmasq gets the uplink's forwarder as its --dns-upstream.
+        return config.replace(dns_upstream=(ipaddress.IPv4Address(dns),)) if dns else config
+
+    def _effective(self, config: Config, reply: Reply) -> Config:
+        if config.lan.disable_dhcp or config.lan.dhcp_lease_file is not None:
+            return config
+        rundir = Path(str(reply.values.get("rundir", "")))
+        return config.replace(dhcp_lease_file=rundir / "dnsmasq.leases")
+
+    def _ready(self, part: HelperPart) -> None:
+        log.info(
+            "rootless LAN %s built: bridge %s in the namespace of helper pid %d",
+            part.name,
+            part.bridge,
+            self.helper_pid,
+        )
+
     async def _start_uplink(self) -> tuple[str, str | None]:
         assert self.helper_pid is not None
         assert self.rundir is not None
@@ -420,7 +528,7 @@ class RootlessLan(HelperLan):
                         ready_fd=ready_w,
                         exit_fd=exit_r,
                         host_loopback=config.server.host_loopback,
-                        dns=uplink_dns(config) is not None,
+                        dns=self._uplink_dns,
                     ),
                     pass_fds=[ready_w, exit_r],
                     stdin=subprocess.DEVNULL,
@@ -463,7 +571,7 @@ class RootlessLan(HelperLan):
                 self.helper_pid,
                 pid_file=pid_file,
                 host_loopback=self.config.server.host_loopback,
-                dns=uplink_dns(self.config) is not None,
+                dns=self._uplink_dns,
             ),
             stdin=subprocess.DEVNULL,
             capture_stdout=True,
@@ -545,6 +653,15 @@ async def probe_lan(lan: Lan, docs: str) -> None:
         raise SetupError(tap_failure(lan.bridge, exc, docs)) from None
 
 
+async def this_mode(config: Config) -> tuple[bool, str]:
+    """:func:`choose_rootless` for this process."""
+    try:
+        status = await trio.Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    return choose_rootless(config, euid=os.geteuid(), net_admin=has_net_admin(status))
+
+
 @contextlib.asynccontextmanager
 async def open_backend(
     config: Config, *, several: bool = False
@@ -554,15 +671,7 @@ async def open_backend(
     In root mode the host-side services (leftover cleanup, NAT) come with the bridge;
     in rootless mode the helper runs NAT and dnsmasq in its namespace.
     """
-    try:
-        status = await trio.Path("/proc/self/status").read_text()
-    except OSError:
-        status = ""
-    rootless, why = choose_rootless(config, euid=os.geteuid(), net_admin=has_net_admin(status))
-    if rootless and several:
-        raise ConfigError(
-            f"several LANs (--lan, [lan.NAME], --lan-pool) run only as root for now ({why})"
-        )
+    rootless, why = await this_mode(config)
     if not several:  # with several LANs the server says it once for all of them
         log.info("mode: %s", why)
     if rootless:
