@@ -107,8 +107,10 @@ class Run:
         return {line.split(":")[1].strip() for line in shown.splitlines()}
 
     async def tables(self) -> set[str]:
-        shown = await self.in_lans("nft", "list", "tables")
-        return set(re.findall(r"wsnic_trio_wsl_\w+", shown))  # a LAN's table
+        """The bridges whose LAN has host-filter rules (rootless: a table each; --user:
+        chains in the helper's run table)."""
+        shown = await self.in_lans("nft", "list", "ruleset")
+        return set(re.findall(r'"(wsl-[\w.-]+)" : jump in_', shown))
 
     def dnsmasq_bridges(self) -> set[str]:
         """The bridges that a running dnsmasq in the LANs' namespace serves."""
@@ -196,7 +198,7 @@ async def test_several_lans(world: NsFactory, runtime: Path, tmp_path: Path, mod
         assert ipaddress.IPv4Address(lease_b["ip"]) in NET("10.86.2.0/24"), lease_b
         assert (lease_a["router"], lease_b["router"]) == ("10.86.1.1", "10.86.2.1")
         assert await run.bridges() >= {"wsl-a", "wsl-b"}
-        assert await run.tables() >= {"wsnic_trio_wsl_a", "wsnic_trio_wsl_b"}
+        assert await run.tables() >= {"wsl-a", "wsl-b"}
         assert run.dnsmasq_bridges() >= {"wsl-a", "wsl-b"}
 
         own = await alice.ns.exec("ping", "-c", "1", "-W", "3", "10.86.1.1")
@@ -218,12 +220,12 @@ async def test_several_lans(world: NsFactory, runtime: Path, tmp_path: Path, mod
         assert ipaddress.IPv4Address(lease_c["ip"]) in NET("10.90.0.0/24"), lease_c
         assert server.log.find(r"INFO LAN new made on demand: 10\.90\.0\.0/24 on bridge wsl-new")
         assert "wsl-new" in await run.bridges()
-        assert "wsnic_trio_wsl_new" in await run.tables()
+        assert "wsl-new" in await run.tables()
         assert run.dnsmasq_bridges() == {"wsl-a", "wsl-b", "wsl-new"}
         await carol.connect.stop()
         await server.log.wait_for(r"INFO LAN new removed \(no client for 3 s\)", timeout=30)
         assert "wsl-new" not in await run.bridges()
-        assert await run.tables() == {"wsnic_trio_wsl_a", "wsnic_trio_wsl_b"}
+        assert await run.tables() == {"wsl-a", "wsl-b"}
         assert run.dnsmasq_bridges() == {"wsl-a", "wsl-b"}
 
         assert await server.stop(signal.SIGTERM) == 0, server.log.text()
