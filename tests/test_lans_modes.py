@@ -54,6 +54,9 @@ LANS = (
 )
 NET = ipaddress.IPv4Network
 
+#: Each test runs once with --user (a root helper) and once rootless.
+BOTH_MODES = pytest.mark.parametrize("mode", ["user", "rootless"])
+
 
 @pytest.fixture
 async def runtime(world: NsFactory) -> AsyncIterator[Path]:
@@ -162,6 +165,13 @@ async def _connected(*clients: LanClient, start: int = 0) -> None:
         await client.connect.log.wait_for(r"connected to ws://", timeout=40, start=start)
 
 
+async def _stops_clean(run: Run, server: NsProcess, before: dict[str, str]) -> None:
+    """SIGTERM: exit 0, no traceback, nothing of any LAN left."""
+    assert await server.stop(signal.SIGTERM) == 0, server.log.text()
+    assert "Traceback" not in server.log.text(), server.log.text()
+    await _all_gone(run, before)
+
+
 async def _all_gone(run: Run, before: dict[str, str]) -> None:
     """Nothing of any LAN is left: no bridge, TAP, nft table, dnsmasq, run directory or
     process (``--user``: the namespace is exactly as before; rootless: no process,
@@ -174,7 +184,7 @@ async def _all_gone(run: Run, before: dict[str, str]) -> None:
         await _gone(run.user, run.inode, run.srv, 8086)
 
 
-@pytest.mark.parametrize("mode", ["user", "rootless"])
+@BOTH_MODES
 async def test_several_lans(world: NsFactory, runtime: Path, tmp_path: Path, mode: str) -> None:
     """Two configured LANs and LANs on demand, all from one helper: clients on /lan/a and
     /lan/b get leases from their own LAN's range and cannot reach each other (not by IP
@@ -228,12 +238,10 @@ async def test_several_lans(world: NsFactory, runtime: Path, tmp_path: Path, mod
         assert await run.tables() == {"wsl-a", "wsl-b"}
         assert run.dnsmasq_bridges() == {"wsl-a", "wsl-b"}
 
-        assert await server.stop(signal.SIGTERM) == 0, server.log.text()
-        assert "Traceback" not in server.log.text(), server.log.text()
-        await _all_gone(run, before)
+        await _stops_clean(run, server, before)
 
 
-@pytest.mark.parametrize("mode", ["user", "rootless"])
+@BOTH_MODES
 async def test_kill_9_with_lans_up_then_restart(
     world: NsFactory, runtime: Path, tmp_path: Path, mode: str
 ) -> None:
@@ -275,12 +283,10 @@ async def test_kill_9_with_lans_up_then_restart(
         assert await run.bridges() >= {"wsl-a", "wsl-b", "wsl-room"}
         lease = await alice.dhcp()
         assert ipaddress.IPv4Address(lease["ip"]) in NET("10.86.1.0/24"), lease
-        assert await again.stop(signal.SIGTERM) == 0, again.log.text()
-        assert "Traceback" not in again.log.text(), again.log.text()
-        await _all_gone(run, before)
+        await _stops_clean(run, again, before)
 
 
-@pytest.mark.parametrize("mode", ["user", "rootless"])
+@BOTH_MODES
 async def test_lans_on_demand_only(
     world: NsFactory, runtime: Path, tmp_path: Path, mode: str
 ) -> None:
@@ -297,9 +303,7 @@ async def test_lans_on_demand_only(
         assert ipaddress.IPv4Address(lease["ip"]) in NET("10.91.0.0/24"), lease
         assert run.dnsmasq_bridges() == {"wsl-x"}
         assert await run.reaches_outside(client), server.log.text()
-        assert await server.stop(signal.SIGTERM) == 0, server.log.text()
-        assert "Traceback" not in server.log.text(), server.log.text()
-        await _all_gone(run, before)
+        await _stops_clean(run, server, before)
 
 
 async def test_a_start_up_error_with_user_leaves_nothing(world: NsFactory, runtime: Path) -> None:

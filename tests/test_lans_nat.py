@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,23 @@ async def _kill_9_with_dnsmasqs_left(server: NsProcess, count: int) -> list[int]
     return dnsmasqs
 
 
+def _says_it_cleared(
+    srv: NetNS, second: NsProcess, killed: int, bridges: Sequence[str], dnsmasqs: list[int]
+) -> None:
+    """The new start's log names each thing of the killed run's LANs it removed."""
+    log = second.log
+    for bridge in bridges:
+        found = log.find(rf"removed bridge {bridge} left behind by an earlier run \(pid {killed}\)")
+        assert found, log.text()
+        rundir = rf"/run/wsnic-trio/net{netns_inode(srv)}-{bridge}"
+        assert log.find(rf"removed {rundir} left behind by an earlier run")
+    for pid in dnsmasqs:
+        assert log.find(rf"stopping dnsmasq \(pid {pid}\) left behind by an earlier run")
+    table = f"wsnic_trio_pid{killed}"
+    assert log.find(rf"removed nftables table inet {table} left behind .*\(pid {killed}\)")
+    assert log.find(r"net\.ipv4\.ip_forward restored to 0, as it was before an earlier run")
+
+
 THREE_LANS = ("-i", "--lan", "a=10.86.1.0/24", "--lan", "b=10.86.2.0/24,enable-inet=false")
 
 
@@ -159,17 +177,7 @@ async def test_kill_9_with_three_lans_then_a_new_start_cleans_every_lan(
     second = await srv.start_wsnic(*THREE_LANS)
     await second.log.wait_for(r"INFO ready: LAN b ", timeout=30)
     log = second.log
-    for bridge in BRIDGES:
-        assert log.find(
-            rf"removed bridge {bridge} left behind by an earlier run \(pid {first.pid}\)"
-        )
-        rundir = rf"/run/wsnic-trio/net{netns_inode(srv)}-{bridge}"
-        assert log.find(rf"removed {rundir} left behind by an earlier run")
-    for pid in dnsmasqs:
-        assert log.find(rf"stopping dnsmasq \(pid {pid}\) left behind by an earlier run")
-    table = f"wsnic_trio_pid{first.pid}"
-    assert log.find(rf"removed nftables table inet {table} left behind .*\(pid {first.pid}\)")
-    assert log.find(r"net\.ipv4\.ip_forward restored to 0, as it was before an earlier run")
+    _says_it_cleared(srv, second, first.pid, BRIDGES, dnsmasqs)
     assert log.find(r"net\.ipv4\.ip_forward was 0: set to 1 for this run")
     assert not [pid for pid in dnsmasqs if pid_alive(pid)]
     during = snapshot(srv)
@@ -202,17 +210,7 @@ async def test_kill_9_with_lans_made_on_demand_then_a_new_start_cleans_them(
     assert left["ip_forward"].strip() == "1"
 
     second = await srv.start_wsnic(*pool)
-    log = second.log
-    for bridge in ("wsl-x", "wsl-y"):
-        assert log.find(
-            rf"removed bridge {bridge} left behind by an earlier run \(pid {first.pid}\)"
-        ), log.text()
-        assert log.find(rf"removed /run/wsnic-trio/net{netns_inode(srv)}-{bridge} left behind")
-    for pid in dnsmasqs:
-        assert log.find(rf"stopping dnsmasq \(pid {pid}\) left behind by an earlier run")
-    table = f"wsnic_trio_pid{first.pid}"
-    assert log.find(rf"removed nftables table inet {table} left behind .*\(pid {first.pid}\)")
-    assert log.find(r"net\.ipv4\.ip_forward restored to 0, as it was before an earlier run")
+    _says_it_cleared(srv, second, first.pid, ("wsl-x", "wsl-y"), dnsmasqs)
     assert snapshot(srv) == before, "nothing of the killed run is left, and no LAN is up yet"
     assert await second.stop() == 0
     assert snapshot(srv) == before
