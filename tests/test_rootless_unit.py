@@ -296,8 +296,10 @@ def test_helper_ruleset_forwards_between_ports_and_allows_host() -> None:
         note=TableNote(1, "wsbr0", "1"),
     )
     text = build_ruleset(plan)
-    forward = text[text.index("chain forward") :]
-    assert forward.index('iifname "wsbr0" oifname "wsbr0" accept') < forward.index("drop")
+    forward = text[text.index("chain forward {") :]
+    forward = forward[: forward.index("\n    }")]
+    assert "iifname . oifname @intra accept" in forward and "drop" not in forward
+    assert 'add element inet wsnic_trio_wsbr0 intra { "wsbr0" . "wsbr0" }' in text
     assert "10.0.2.2/32" in text
 
 
