@@ -175,8 +175,10 @@ async def test_connect_never_logs_its_token(world: NsFactory, tmp_path: Path) ->
     await client.log.wait_for(r"disconnected from ws://127\.0\.0\.1:8086/lan\?token=\*\*\* ")
     wrong = url.replace("s3cret-token", "s3cret-guess")
     refused = await ns.start([*wsnic(), "connect", wrong, "--once"], label="connect")
-    await refused.log.wait_for(r"connection to ws://127\.0\.0\.1:8086/lan\?token=\*\*\* ended")
-    await refused.wait()
+    await refused.log.wait_for(
+        r"error: ws://127\.0\.0\.1:8086/lan\?token=\*\*\* refused: server answered HTTP 403"
+    )
+    assert await refused.wait() == 2
     for log in (client.log, refused.log, server.log):
         assert "s3cret" not in log.text(), log.text()
     assert await server.stop() == 0
