@@ -190,12 +190,12 @@ def _check_routes(lans: Mapping[str, LanConfig], pool: ipaddress.IPv4Network | N
     """A route goes to another LAN of this server (or to the pool of LANs on demand):
     anything else is a mistake that would open nothing, or the LAN's own subnet."""
     for name, lan in lans.items():
+        others = [o.subnet for n, o in lans.items() if n != name]
+        if pool is not None:
+            others.append(pool)
         for target in lan.route_to:
             if target.overlaps(lan.subnet):
                 raise ConfigError(f"LAN {name}: route-to {target} overlaps its own subnet")
-            others = [o.subnet for n, o in lans.items() if n != name]
-            if pool is not None:
-                others.append(pool)
             if not any(target.subnet_of(other) for other in others):
                 raise ConfigError(
                     f"LAN {name}: route-to {target} is not (in) the subnet of another LAN of "

@@ -337,8 +337,8 @@ class ForwardManager:
 
     def _name_of(self, fwd: Forward) -> str:
         side = self.lans.get(fwd.lan)
-        suffix = "." + side.domain if side is not None else ""
-        return fwd.spec.remote_host.removesuffix(suffix) if suffix else fwd.spec.remote_host
+        host = fwd.spec.remote_host
+        return host.removesuffix("." + side.domain) if side is not None else host
 
     def _holder(self, fwd: Forward) -> Lease | None:
         side = self.lans.get(fwd.lan)

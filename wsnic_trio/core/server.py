@@ -116,11 +116,6 @@ class Server:
         )
         #: Whether LANs have names (a WebSocket path picks one): log lines then say which.
         self.named = len(self.lans) > 1 or DEFAULT_LAN not in self.lans
-        # The first LAN (the default one, when it runs) for what has only one LAN yet:
-        # the control API's leases and forwards.
-        default = self.lans.get(DEFAULT_LAN)
-        #: The default LAN's leases (its port forwards look names up there).
-        self.leases = default.leases if default is not None else None
         #: Called with each LAN made after start (on demand), and with each one that
         #: goes before the server stops.
         self.on_lan_added: list[Callable[[LanState], None]] = []

@@ -71,9 +71,9 @@ def delete_script(bridge: str) -> str:
     return delete_table_script(table_name(bridge))
 
 
-def run_table_name(pid: int | None = None) -> str:
-    """The table of the run of process ``pid`` (this one by default)."""
-    return f"wsnic_trio_pid{os.getpid() if pid is None else pid}"
+def run_table_name() -> str:
+    """The table of this process's run."""
+    return f"wsnic_trio_pid{os.getpid()}"
 
 
 def check_nft() -> str:
@@ -98,17 +98,13 @@ _NFT_LOCK = trio.Lock()
 
 async def _nft(args: Sequence[str], script: str | None = None) -> str:
     async with _NFT_LOCK:
-        return await _run_nft(args, script)
-
-
-async def _run_nft(args: Sequence[str], script: str | None = None) -> str:
-    result = await trio.run_process(
-        [check_nft(), *args],
-        stdin=script.encode() if script is not None else b"",
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
+        result = await trio.run_process(
+            [check_nft(), *args],
+            stdin=script.encode() if script is not None else b"",
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
     if result.returncode != 0:
         message = result.stderr.decode(errors="replace").strip()
         raise SetupError(f"nft {' '.join(args)} failed: {message}")
@@ -193,7 +189,7 @@ class _Forwarding:
         self.users = 0
         self.before: str | None = None
         self.lock = trio.Lock()
-        #: Whether a killed run's record has been looked for (see clear_leftover_forwarding).
+        #: Whether dead runs' tables have been looked for (see clear_leftover_tables).
         self.leftovers_cleared = False
 
     async def claim(self, pid: int) -> None:

@@ -94,11 +94,16 @@ def find_link(name: str) -> LinkInfo | None:
         return _info(msgs[0]) if msgs else None
 
 
-def our_bridges() -> list[LinkInfo]:
-    """Every bridge in this namespace that a wsnic-trio process made (by its alias)."""
+def our_bridges() -> dict[str, int]:
+    """Every bridge in this namespace that a wsnic-trio process made (by its alias): its
+    maker's pid, by name."""
     with IPRoute() as ipr:
         links = [_info(msg) for msg in ipr.get_links()]
-    return [link for link in links if link.kind == "bridge" and parse_owner(link.alias) is not None]
+    return {
+        link.name: owner
+        for link in links
+        if link.kind == "bridge" and (owner := parse_owner(link.alias)) is not None
+    }
 
 
 def delete_link(name: str) -> bool:

@@ -36,6 +36,16 @@ _CLEANUP_TIMEOUT = 10.0
 _CARRIER_TIMEOUT = 3.0
 
 
+def remove_leftover_bridge(bridge: str, owner: int) -> None:
+    """Delete a bridge made by a wsnic-trio that is no longer running (blocking netlink)."""
+    if netlink.delete_link(bridge):
+        log.warning(
+            "removed bridge %s left behind by an earlier run (pid %s) that did not stop cleanly",
+            bridge,
+            owner,
+        )
+
+
 class LanBackend(Protocol):
     """What the server needs of a LAN: a TAP fd on it for each peer. :class:`Lan` makes
     them itself (root mode); ``lan.rootless.HelperLan`` gets them from a helper process
@@ -102,13 +112,7 @@ class Lan:
                     f"bridge {self.bridge} belongs to a running wsnic-trio (pid {owner}); "
                     f"stop it first or choose another name with --bridge"
                 )
-            netlink.delete_link(self.bridge)
-            log.warning(
-                "removed bridge %s left behind by an earlier run (pid %s) that did not stop"
-                " cleanly",
-                self.bridge,
-                owner,
-            )
+            remove_leftover_bridge(self.bridge, owner)
         netlink.create_bridge(
             self.bridge,
             BRIDGE_MAC,

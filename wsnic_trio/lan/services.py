@@ -15,7 +15,6 @@ so it stops before the table and the bridge are undone.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import AsyncIterator, Collection
 
@@ -26,10 +25,9 @@ from wsnic_trio.host import netlink
 from wsnic_trio.host.dnsmasq import check_prerequisites, clear_leftovers
 from wsnic_trio.host.nat import check_nft, clear_leftover_tables, host_filter
 from wsnic_trio.host.procs import pid_is_wsnic
+from wsnic_trio.lan.bridge import remove_leftover_bridge
 
 __all__ = ["clear_leftover_lans", "lan_services"]
-
-log = logging.getLogger("wsnic_trio.lan")
 
 
 @contextlib.asynccontextmanager
@@ -43,10 +41,10 @@ async def lan_services(config: Config) -> AsyncIterator[str | None]:
         yield uplink
 
 
-async def clear_leftover_lans(keep: Collection[str]) -> list[str]:
+async def clear_leftover_lans(keep: Collection[str]) -> None:
     """Remove every LAN a killed run left in this namespace, except the bridges in
     ``keep`` (the LANs this run is about to make clear their own leftovers, with the
-    same log lines). Returns the bridges removed.
+    same log lines).
 
     A LAN made on demand lives on its name alone: if the next run never sees a client
     for that name, nothing else would ever take its bridge, dnsmasq and nftables table
@@ -54,22 +52,12 @@ async def clear_leftover_lans(keep: Collection[str]) -> list[str]:
     Needs root (or CAP_NET_ADMIN) in this namespace: root mode only.
     """
     found = await trio.to_thread.run_sync(netlink.our_bridges)
-    removed = []
-    for link in found:
-        owner = netlink.parse_owner(link.alias)
-        if link.name in keep or owner is None or pid_is_wsnic(owner):
+    for bridge, owner in found.items():
+        if bridge in keep or pid_is_wsnic(owner):
             continue
         # The order a stop undoes a LAN in: dnsmasq (then the tables, below), the bridge.
-        await trio.to_thread.run_sync(clear_leftovers, link.name)
-        if await trio.to_thread.run_sync(netlink.delete_link, link.name):
-            log.warning(
-                "removed bridge %s left behind by an earlier run (pid %s) that did not "
-                "stop cleanly",
-                link.name,
-                owner,
-            )
-        removed.append(link.name)
+        await trio.to_thread.run_sync(clear_leftovers, bridge)
+        await trio.to_thread.run_sync(remove_leftover_bridge, bridge, owner)
     # The killed run's table and its ip_forward record, also when no LAN starts before a
     # client asks for one.
     await clear_leftover_tables()
-    return removed
